@@ -1,0 +1,25 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test study benchmarks clean
+
+$(STAMP): setup.cfg constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) train.py fit --config configs/digits/at.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q -x --durations=15
+
+benchmarks: $(STAMP)
+	$(PY) benchmarks/at_step.py
+
+clean:
+	rm -rf logs

@@ -1,0 +1,1 @@
+"""Reusable Lightning callbacks for adversarial training: one callback per file."""

@@ -1,0 +1,78 @@
+"""Clean, PGD and AutoAttack evaluation of a model, per batch and over a data set.
+
+Errors are fractions in [0, 1]; robust error (RErr) counts examples that are misclassified or
+successfully attacked (papers/001 Sec. F). Robust loss (RLoss) is the cross-entropy at the
+worst-case PGD example; AutoAttack stops once an example is broken, so it gives RErr only.
+"""
+
+import logging
+from typing import Dict, Iterable, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from lit_robust.attacks import PGD, restore_modes
+
+log = logging.getLogger(__name__)
+
+AutoAttackVersion = Literal["standard", "plus", "rand"]
+
+
+def clean_and_robust(model: nn.Module, x: Tensor, y: Tensor, attack: PGD) -> Dict[str, Tensor]:
+    """Per-example ``err``, ``loss`` (clean) and ``rerr``, ``rloss`` (under ``attack``) on one batch.
+
+    The model is evaluated in whatever mode it is in; the attack uses its own BN mode.
+    """
+    with torch.no_grad():
+        logits = model(x)
+    adversarial = attack.run(model, x, y)
+    wrong = logits.argmax(dim=1) != y
+    return {
+        "err": wrong.float(),
+        "loss": F.cross_entropy(logits.float(), y, reduction="none"),
+        "rerr": (wrong | (adversarial.logits.argmax(dim=1) != y)).float(),
+        "rloss": adversarial.loss,
+    }
+
+
+def autoattack_wrong(model: nn.Module, x: Tensor, y: Tensor, epsilon: float, norm: str = "linf",
+                     version: AutoAttackVersion = "standard", seed: Optional[int] = 0) -> Tensor:
+    """Per example, whether the official AutoAttack (pyautoattack) finds it misclassified or breaks it.
+
+    Runs in eval mode and restores the model's modes afterwards.
+    """
+    from pyautoattack import AutoAttack
+
+    attack = AutoAttack(model, eps=epsilon, norm={"linf": "Linf", "l2": "L2"}[norm], version=version,
+                        device=x.device, seed=seed)
+    with restore_modes(model, False), torch.enable_grad():
+        _, predicted = attack.run_standard_evaluation(x, y, batch_size=len(x))
+    return predicted.to(y.device) != y
+
+
+def shard(dataset: Dataset, rank: int, world_size: int) -> Dataset:
+    """The examples ``rank, rank + world_size, ...`` of ``dataset``: one process's share under DDP."""
+    if world_size <= 1:
+        return dataset
+    return Subset(dataset, list(range(rank, len(dataset), world_size)))
+
+
+def evaluate(model: nn.Module, batches: Iterable, attack: PGD, device: torch.device) -> Dict[str, Tensor]:
+    """Sums of the per-example values of :func:`clean_and_robust` over ``batches``, and ``count``.
+
+    Sums (not means) so that shares of several processes can be added before dividing.
+    """
+    totals: Dict[str, Tensor] = {}
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        for name, values in clean_and_robust(model, x, y, attack).items():
+            totals[name] = totals.get(name, 0) + values.sum()
+        totals["count"] = totals.get("count", 0) + torch.tensor(float(len(y)), device=device)
+    return totals
+
+
+def loader(dataset: Dataset, batch_size: int) -> DataLoader:
+    """A plain, ordered loader for evaluation."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)

@@ -1,0 +1,160 @@
+"""AdversarialModule: the LightningModule every adversarial-training variant subclasses.
+
+It holds the network, the training attack and the evaluation attacks, and owns validation and
+test as the paper's protocol (papers/001 Sec. F): validation = clean + PGD on the held-out split
+(``val/err``, ``val/loss``, ``val/rerr``, ``val/rloss``); test = clean + PGD-20 with 10 restarts,
+worst case per example, on the evaluation split (``test/err``, ``test/loss``, ``test/rerr_pgd``,
+``test/rloss_pgd``), the same on the train-eval split (suffix ``_train``), and optionally the
+official AutoAttack (``test/rerr_aa``). At the end of a test the test metrics, and whatever
+callbacks logged on test (flatness), are written to ``metrics.json`` in the run's log directory.
+
+Variants override :meth:`training_step` with their own inner maximisation and outer loss.
+"""
+
+import json
+import logging
+import math
+import os
+from typing import Any, Dict, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from pytorch_lightning import LightningModule
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from lit_robust.attacks import PGD, Norm
+from lit_robust.errors import check
+from lit_robust.evaluation import AutoAttackVersion, autoattack_wrong, clean_and_robust, evaluate, loader, shard
+
+log = logging.getLogger(__name__)
+
+
+def paper_sgd(params) -> torch.optim.Optimizer:
+    """The paper's optimiser (papers/001 Sec. F): SGD, learning rate 0.05, momentum 0.9, weight decay 5e-3."""
+    return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-3)
+
+
+class AdversarialModule(LightningModule):
+    """Network + attacks + the paper's validation and test protocol.
+
+    Args:
+        model: the network; takes [0, 1] images and returns logits.
+        optimizer: optimiser factory (LightningCLI's ``optimizer``); default the paper's SGD.
+        lr_scheduler: learning-rate scheduler factory (LightningCLI's ``lr_scheduler``).
+        lr_scheduler_interval: step the scheduler every ``"epoch"`` or every ``"step"`` (cyclic).
+        epsilon: radius of the threat model (8/255 on CIFAR-10).
+        step_size: PGD step size (0.007 in the paper).
+        norm: threat model, ``"linf"`` or ``"l2"``.
+        train_steps: PGD iterations for training (7).
+        val_steps: PGD iterations on the held-out split (7, as the paper's early stopping).
+        val_restarts: PGD restarts on the held-out split (5, as the paper's early stopping).
+        test_steps: PGD iterations for test (20).
+        test_restarts: PGD restarts for test (10), worst case per example.
+        test_on_train: also evaluate the train-eval split on test (metrics with suffix ``_train``).
+        autoattack: also run AutoAttack on test (``test/rerr_aa``).
+        autoattack_version: AutoAttack version (``"standard"`` in the paper).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: OptimizerCallable = paper_sgd,
+                 lr_scheduler: Optional[LRSchedulerCallable] = None,
+                 lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+                 epsilon: float = 8 / 255, step_size: float = 0.007, norm: Norm = "linf", train_steps: int = 7,
+                 val_steps: int = 7, val_restarts: int = 5, test_steps: int = 20, test_restarts: int = 10,
+                 test_on_train: bool = True, autoattack: bool = False,
+                 autoattack_version: AutoAttackVersion = "standard") -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
+        check(isinstance(model, nn.Module), "model", type(model).__name__, "an nn.Module")
+        self.model = model
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.train_attack = self.make_train_attack()
+        self.val_attack = PGD(epsilon, step_size, val_steps, restarts=val_restarts, norm=norm)
+        self.test_attack = PGD(epsilon, step_size, test_steps, restarts=test_restarts, norm=norm)
+        self.val_metrics = nn.ModuleDict({name: MeanMetric() for name in ("err", "loss", "rerr", "rloss")})
+        self.test_metrics = nn.ModuleDict({name: MeanMetric() for name in ("err", "loss", "rerr_pgd", "rloss_pgd",
+                                                                           "rerr_aa")})
+
+    def make_train_attack(self) -> PGD:
+        """The training attack: PGD on cross-entropy, last iterate (Madry et al.); variants override."""
+        h = self.hparams
+        return PGD(h.epsilon, h.step_size, h.train_steps, norm=h.norm, keep_best=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def log_training(self, loss: Tensor, adversarial_logits: Tensor, y: Tensor) -> None:
+        """Log ``train/loss`` (the objective), ``train/rloss`` and ``train/rerr`` on the training adversarial examples."""
+        with torch.no_grad():
+            rloss = F.cross_entropy(adversarial_logits.float(), y)
+            rerr = (adversarial_logits.argmax(dim=1) != y).float().mean()
+        self.log_dict({"train/loss": loss.detach(), "train/rloss": rloss, "train/rerr": rerr},
+                      on_step=True, on_epoch=True, prog_bar=False)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        for name, values in clean_and_robust(self.model, x, y, self.val_attack).items():
+            self.val_metrics[name].update(values)
+            self.log(f"val/{name}", self.val_metrics[name], on_epoch=True, prog_bar=name == "rerr")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        values = clean_and_robust(self.model, x, y, self.test_attack)
+        for name, key in (("err", "err"), ("loss", "loss"), ("rerr", "rerr_pgd"), ("rloss", "rloss_pgd")):
+            self.test_metrics[key].update(values[name])
+            self.log(f"test/{key}", self.test_metrics[key], on_epoch=True)
+        if self.hparams.autoattack:
+            broken = autoattack_wrong(self.model, x, y, self.hparams.epsilon, self.hparams.norm,
+                                      self.hparams.autoattack_version)
+            self.test_metrics["rerr_aa"].update(broken.float())
+            self.log("test/rerr_aa", self.test_metrics["rerr_aa"], on_epoch=True)
+
+    def on_test_epoch_end(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not self.hparams.test_on_train or datamodule is None or not hasattr(datamodule, "train_eval_dataloader"):
+            return
+        dataset = shard(datamodule.train_eval_dataloader().dataset, self.global_rank, self.trainer.world_size)
+        totals = evaluate(self.model, loader(dataset, datamodule.eval_batch_size), self.test_attack, self.device)
+        totals = {name: self.trainer.strategy.reduce(value, reduce_op="sum") for name, value in totals.items()}
+        count = totals.pop("count")
+        names = {"err": "err_train", "loss": "loss_train", "rerr": "rerr_pgd_train", "rloss": "rloss_pgd_train"}
+        self.log_dict({f"test/{names[k]}": v / count for k, v in totals.items()}, sync_dist=False)
+
+    def on_test_end(self) -> None:
+        self.write_metrics()
+
+    @rank_zero_only
+    def write_metrics(self) -> None:
+        """Add the test and flatness metrics of this test to ``metrics.json`` in the log directory."""
+        directory = self.trainer.log_dir or self.trainer.default_root_dir
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, "metrics.json")
+        metrics: Dict[str, float] = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                metrics = json.load(f)
+        for name, value in self.trainer.callback_metrics.items():
+            if name.startswith(("test/", "flatness/", "early_stopping/")):
+                metrics[name] = float(value)
+        metrics["epoch"] = self.current_epoch
+        metrics["global_step"] = self.global_step
+        with open(path, "w") as f:
+            json.dump(metrics, f, indent=2, sort_keys=True)
+        rank_zero_info(f"Test metrics written to {path}")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not math.isfinite(float(loss)):
+            raise FloatingPointError(
+                f"non-finite training loss ({float(loss)}) at epoch {self.current_epoch}, global step "
+                f"{self.global_step}; training stopped (the checkpoints written so far are kept).")
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer(self.parameters())
+        if self.lr_scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer),
+                                                         "interval": self.hparams.lr_scheduler_interval}}

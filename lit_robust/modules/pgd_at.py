@@ -1,0 +1,68 @@
+"""PGD adversarial training (Madry et al. 2018), the paper's AT baseline (papers/001 Sec. F, G)."""
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lit_robust.attacks import restore_modes
+from lit_robust.errors import check
+from lit_robust.losses import noisy_labels, smoothed_cross_entropy
+from lit_robust.modules.base import AdversarialModule
+
+
+class PGDAT(AdversarialModule):
+    """min_w E[max_{||delta||_inf <= epsilon} CE(f(x + delta; w), y)], the inner max by PGD.
+
+    Per training step with PGD-K: K forward and K input-only backward passes for the attack, then
+    one forward and one full backward pass for the weight update (PGD-7: 8 forward, 7 input-only
+    backward, 1 full backward). ``ignore_incorrect`` and ``prevent_label_leaking`` add one forward
+    pass without gradients (the clean prediction).
+
+    Options of papers/001 Sec. G that are plain AT with a switch:
+
+    Args:
+        label_smoothing: tau of label smoothing, p_y = 1 - tau, p_i = tau / (K - 1); weight update only.
+        label_noise: tau of label noise, a fresh tau fraction of random labels per batch; weight update only.
+        ignore_incorrect: no adversarial example for training examples the model misclassifies.
+        prevent_label_leaking: attack the predicted instead of the true label.
+        **kwargs: :class:`~lit_robust.modules.base.AdversarialModule` arguments.
+    """
+
+    def __init__(self, *args: Any, label_smoothing: float = 0.0, label_noise: float = 0.0,
+                 ignore_incorrect: bool = False, prevent_label_leaking: bool = False, **kwargs: Any) -> None:
+        check(0.0 <= label_smoothing < 1.0, "label_smoothing", label_smoothing, "a number in [0, 1)")
+        check(0.0 <= label_noise <= 1.0, "label_noise", label_noise, "a number in [0, 1]")
+        super().__init__(*args, **kwargs)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        h = self.hparams
+        # inner maximisation
+        y_attack = y
+        if h.ignore_incorrect or h.prevent_label_leaking:
+            predicted = self.clean_prediction(x)
+            y_attack = predicted if h.prevent_label_leaking else y
+        x_adv = self.train_attack(self.model, x, y_attack)
+        if h.ignore_incorrect:
+            x_adv = torch.where((predicted == y).view(-1, 1, 1, 1), x_adv, x)
+        # outer minimisation
+        logits = self.model(x_adv)
+        loss = self.outer_loss(logits, y)
+        self.log_training(loss, logits, y)
+        return loss
+
+    def clean_prediction(self, x: Tensor) -> Tensor:
+        """Predicted labels on clean inputs, in the attack's BN mode, without gradients."""
+        with torch.no_grad(), restore_modes(self.model, self.train_attack.bn_mode == "train"):
+            return self.model(x).argmax(dim=1)
+
+    def outer_loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Cross-entropy for the weight update, with label smoothing or label noise when set."""
+        h = self.hparams
+        if h.label_noise > 0:
+            y = noisy_labels(y, h.label_noise, logits.shape[1])
+        if h.label_smoothing > 0:
+            return smoothed_cross_entropy(logits, y, h.label_smoothing)
+        return F.cross_entropy(logits, y)

@@ -1,0 +1,126 @@
+"""The per-layer relative weight neighbourhood B_xi(w) (papers/001 Eq. 4, Sec. D).
+
+    B_xi(w) = {w + nu : ||nu_l||_2 <= xi ||w_l||_2 for every layer l}
+
+A "layer" is one parameter tensor: weights and biases are separate layers; batch-normalisation
+parameters are excluded. Because the radius is relative to each layer's norm, the neighbourhood
+grows and shrinks with the weights, which makes flatness measured in it scale-invariant
+(papers/001 Sec. E). Flatness, landscapes, AWP and AMP all use this module.
+"""
+
+from contextlib import contextmanager
+from typing import Iterator, List, Literal, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from lit_robust.errors import check, check_choice
+
+Selection = Literal["all", "weights"]
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def select_parameters(model: nn.Module, which: Selection = "all") -> List[Tuple[str, nn.Parameter]]:
+    """The tensors that make up B_xi(w), as ``(name, parameter)`` pairs in module order.
+
+    Args:
+        model: the network.
+        which: ``"all"``: every weight and bias of every layer except normalisation layers (the
+            flatness measures, papers/001 Sec. D); ``"weights"``: only weights of convolutional
+            and linear layers, tensors with at least two dimensions (the paper's AWP).
+    """
+    check_choice(which, "which", ("all", "weights"))
+    selected = []
+    for module_name, module in model.named_modules():
+        if isinstance(module, NORM_LAYERS):
+            continue
+        for name, parameter in module.named_parameters(recurse=False):
+            if not parameter.requires_grad or (which == "weights" and parameter.dim() < 2):
+                continue
+            selected.append((f"{module_name}.{name}" if module_name else name, parameter))
+    return selected
+
+
+def layer_norms(tensors: Sequence[Tensor]) -> List[Tensor]:
+    """L2 norm of each tensor (float32 scalars)."""
+    return [t.detach().float().norm() for t in tensors]
+
+
+def normalize_direction(direction: Sequence[Tensor], weights: Sequence[Tensor],
+                        per: Literal["layer", "filter"] = "layer", scale: float = 1.0) -> List[Tensor]:
+    """Rescale a direction to the weights' norms (papers/001 Eq. 1 and 2).
+
+    ``per="layer"`` (Eq. 2): nu_l / ||nu_l|| * ||w_l||. ``per="filter"`` (Eq. 1, Li et al.): the same
+    for every filter i (slice along the first dimension) of tensors with two or more dimensions;
+    one-dimensional tensors (biases) are normalised as a whole.
+
+    Args:
+        direction: one tensor per layer.
+        weights: the layers' weights, in the same order.
+        per: ``"layer"`` or ``"filter"``.
+        scale: multiply the result by this factor (e.g. xi).
+    """
+    check_choice(per, "per", ("layer", "filter"))
+    out = []
+    for d, w in zip(direction, weights):
+        w = w.detach()
+        if per == "filter" and d.dim() > 1:
+            d_norm = d.flatten(1).norm(dim=1).clamp_min(1e-12).view((-1,) + (1,) * (d.dim() - 1))
+            w_norm = w.flatten(1).norm(dim=1).view_as(d_norm)
+        else:
+            d_norm, w_norm = d.norm().clamp_min(1e-12), w.norm()
+        out.append(d / d_norm * w_norm * scale)
+    return out
+
+
+class Neighbourhood:
+    """B_xi(w) around the current values of ``weights`` (radii are fixed at construction).
+
+    Args:
+        weights: the layers' tensors (see :func:`select_parameters`).
+        xi: relative radius, ||nu_l|| <= xi ||w_l|| (0.5 average-case, 0.003 worst-case flatness,
+            0.01 AWP).
+    """
+
+    def __init__(self, weights: Sequence[Tensor], xi: float) -> None:
+        check(xi > 0, "xi", xi, "a number > 0 (relative radius per layer)")
+        self.weights = list(weights)
+        self.xi = float(xi)
+        self.radii = [self.xi * n for n in layer_norms(self.weights)]
+
+    def sample(self, generator: Optional[torch.Generator] = None) -> List[Tensor]:
+        """A random nu on the boundary: a Gaussian direction per layer with norm exactly xi ||w_l||."""
+        out = []
+        for w, r in zip(self.weights, self.radii):
+            d = torch.randn(w.shape, generator=generator, dtype=w.dtype,
+                            device="cpu" if generator is not None else w.device).to(w.device)
+            out.append(d / d.norm().clamp_min(1e-12) * r.to(w.dtype))
+        return out
+
+    def project(self, nu: Sequence[Tensor]) -> List[Tensor]:
+        """Per layer, scale nu_l onto the ball ||nu_l|| <= xi ||w_l|| if it lies outside."""
+        return [n * (r / n.detach().norm().clamp_min(1e-12)).clamp(max=1.0).to(n.dtype)
+                for n, r in zip(nu, self.radii)]
+
+    def contains(self, nu: Sequence[Tensor], rtol: float = 1e-5) -> bool:
+        """Whether every nu_l lies inside its ball (up to ``rtol``)."""
+        return all(n.detach().norm() <= r * (1 + rtol) for n, r in zip(nu, self.radii))
+
+
+@contextmanager
+def perturbed(weights: Sequence[Tensor], nu: Sequence[Tensor]) -> Iterator[None]:
+    """Add ``nu`` to ``weights`` in place inside the block; restore the exact values afterwards.
+
+    The original values are copied and copied back (not subtracted), so the weights are restored
+    bit for bit, also when the block raises.
+    """
+    saved = [w.detach().clone() for w in weights]
+    try:
+        with torch.no_grad():
+            for w, n in zip(weights, nu):
+                w.add_(n.to(w.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for w, s in zip(weights, saved):
+                w.copy_(s)
