@@ -63,6 +63,21 @@ def main(args: Optional[list] = None) -> None:
         RobustCLI(AdversarialModule, AdversarialDataModule, subclass_mode_model=True, subclass_mode_data=True,
                   trainer_defaults=TRAINER_DEFAULTS, seed_everything_default=0,
                   save_config_kwargs={"overwrite": True}, args=args)
-    except ConfigurationError as error:
-        sys.stderr.write(f"error: {error}\n")
+    except (ConfigurationError, ValueError) as error:
+        cause = configuration_error(error)
+        if cause is None:
+            raise
+        sys.stderr.write(f"error: {cause}\n")
         sys.exit(2)
+
+
+def configuration_error(error: BaseException) -> Optional[ConfigurationError]:
+    """The :class:`ConfigurationError` behind ``error``: itself, a cause, or one named in jsonargparse's
+    message when it wraps the error of a class it failed to instantiate."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, ConfigurationError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None

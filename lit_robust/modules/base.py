@@ -28,6 +28,8 @@ from torchmetrics import MeanMetric
 from lit_robust.attacks import PGD, Norm
 from lit_robust.errors import check
 from lit_robust.evaluation import AutoAttackVersion, autoattack_wrong, clean_and_robust, evaluate, loader, shard
+from lit_robust.sanity import check_gradient_masking
+from lit_robust.weights import select_parameters
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ class AdversarialModule(LightningModule):
         test_on_train: also evaluate the train-eval split on test (metrics with suffix ``_train``).
         autoattack: also run AutoAttack on test (``test/rerr_aa``).
         autoattack_version: AutoAttack version (``"standard"`` in the paper).
+        l1_penalty: weight lambda of the L1 norm of the weights added to the training loss by
+            :meth:`add_l1_penalty` (papers/002 Table 4: 5e-6); 0 turns it off.
     """
 
     def __init__(self, model: nn.Module, optimizer: OptimizerCallable = paper_sgd,
@@ -64,10 +68,11 @@ class AdversarialModule(LightningModule):
                  epsilon: float = 8 / 255, step_size: float = 0.007, norm: Norm = "linf", train_steps: int = 7,
                  val_steps: int = 7, val_restarts: int = 5, test_steps: int = 20, test_restarts: int = 10,
                  test_on_train: bool = True, autoattack: bool = False,
-                 autoattack_version: AutoAttackVersion = "standard") -> None:
+                 autoattack_version: AutoAttackVersion = "standard", l1_penalty: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
         check(isinstance(model, nn.Module), "model", type(model).__name__, "an nn.Module")
+        check(l1_penalty >= 0, "l1_penalty", l1_penalty, "a number >= 0")
         self.model = model
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -94,6 +99,14 @@ class AdversarialModule(LightningModule):
         self.log_dict({"train/loss": loss.detach(), "train/rloss": rloss, "train/rerr": rerr},
                       on_step=True, on_epoch=True, prog_bar=False)
 
+    def add_l1_penalty(self, loss: Tensor) -> Tensor:
+        """``loss + l1_penalty * sum_l ||w_l||_1`` over the weights of convolutional and linear layers
+        (no biases, no batch normalisation), the L1 regularisation of papers/002 Table 4 (Rice et al.)."""
+        if self.hparams.l1_penalty == 0:
+            return loss
+        l1 = sum(parameter.abs().sum() for _, parameter in select_parameters(self.model, "weights"))
+        return loss + self.hparams.l1_penalty * l1
+
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         for name, values in clean_and_robust(self.model, x, y, self.val_attack).items():
@@ -112,6 +125,11 @@ class AdversarialModule(LightningModule):
             self.test_metrics["rerr_aa"].update(broken.float())
             self.log("test/rerr_aa", self.test_metrics["rerr_aa"], on_epoch=True)
 
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx == 0:
+            x, y = batch
+            check_gradient_masking(self.model, x, y)
+
     def on_test_epoch_end(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if not self.hparams.test_on_train or datamodule is None or not hasattr(datamodule, "train_eval_dataloader"):
@@ -124,15 +142,15 @@ class AdversarialModule(LightningModule):
         self.log_dict({f"test/{names[k]}": v / count for k, v in totals.items()}, sync_dist=False)
 
     def on_test_end(self) -> None:
-        self.write_metrics()
+        # trainer.log_dir is a collective call: every rank asks, rank zero writes
+        self.write_metrics(self.trainer.log_dir or self.trainer.default_root_dir)
 
     @rank_zero_only
-    def write_metrics(self) -> None:
-        """Add the test and flatness metrics of this test to ``metrics.json`` in the log directory."""
-        directory = self.trainer.log_dir or self.trainer.default_root_dir
+    def write_metrics(self, directory: str) -> None:
+        """Add the test and flatness metrics of this test to ``metrics.json`` in ``directory``."""
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, "metrics.json")
-        metrics: Dict[str, float] = {}
+        metrics: Dict[str, Any] = {}
         if os.path.exists(path):
             with open(path) as f:
                 metrics = json.load(f)
@@ -141,6 +159,7 @@ class AdversarialModule(LightningModule):
                 metrics[name] = float(value)
         metrics["epoch"] = self.current_epoch
         metrics["global_step"] = self.global_step
+        metrics["ckpt_path"] = self.trainer.ckpt_path
         with open(path, "w") as f:
             json.dump(metrics, f, indent=2, sort_keys=True)
         rank_zero_info(f"Test metrics written to {path}")

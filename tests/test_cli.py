@@ -1,0 +1,48 @@
+"""train.py end to end: TensorBoard events with val/rerr per epoch, test of a checkpoint, metrics.json."""
+
+import glob
+import json
+import os
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import ROOT, run_train
+
+CONFIG = os.path.join(ROOT, "configs", "digits", "at.yaml")
+SHORT = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
+         "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false",
+         "--model.init_args.test_steps", "2", "--model.init_args.test_restarts", "1"]
+
+
+def scalars(log_dir):
+    events = EventAccumulator(log_dir)
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_fit_logs_val_rerr_per_epoch_and_tests(tmp_path):
+    assert run_train(["fit", "--config", CONFIG] + SHORT, cwd=str(tmp_path)) == 0
+    log_dir = tmp_path / "logs" / "digits_at" / "version_0"
+    values = scalars(str(log_dir))
+    assert len(values["val/rerr"]) == 2
+    assert all(0 <= v <= 1 for v in values["val/rerr"])
+    assert "train/rloss_epoch" in values and "test/rerr_pgd" in values
+    metrics = json.load(open(log_dir / "metrics.json"))
+    for name in ("test/err", "test/loss", "test/rerr_pgd", "test/rloss_pgd", "test/rerr_pgd_train"):
+        assert name in metrics
+    assert metrics["test/rerr_pgd"] >= metrics["test/err"]
+
+    checkpoint = glob.glob(str(log_dir / "checkpoints" / "*.ckpt"))[0]
+    assert run_train(["test", "--config", CONFIG, "--ckpt_path", checkpoint] + SHORT[-6:], cwd=str(tmp_path)) == 0
+    tested = json.load(open(tmp_path / "logs" / "digits_at" / "version_1" / "metrics.json"))
+    assert metrics["ckpt_path"] is None and tested["ckpt_path"] == checkpoint
+    assert tested["test/err"] == pytest.approx(metrics["test/err"])  # same weights, same clean error
+
+
+def test_bad_setting_is_one_message_and_nothing_written(tmp_path, capsys):
+    code = run_train(["fit", "--config", CONFIG, "--model.init_args.epsilon", "-0.1"], cwd=str(tmp_path))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "epsilon=-0.1 is not allowed" in err and "Traceback" not in err
+    assert not (tmp_path / "logs").exists()
