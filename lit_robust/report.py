@@ -1,0 +1,254 @@
+"""Many runs -> the paper's table and plots: robust generalisation against flatness of the robust loss.
+
+    python -m lit_robust.report RUN_DIRS... --out DIR
+
+Each run directory is a TensorBoard log directory written by ``train.py`` (``metrics.json`` from
+its test, event files with the per-epoch scalars, ``config.yaml``). The report writes
+
+- ``table.md`` / ``table.csv``: papers/001 Table D's columns (Err, RErr PGD and AutoAttack on test
+  and train, RErr after early stopping, average/worst flatness in Loss and RLoss), sorted by test RErr;
+- ``fig1_rloss_vs_flatness.png``: test RLoss against average-case flatness in RLoss, worst-case
+  flatness in RLoss and average-case flatness in clean Loss (papers/003 Fig. 1, papers/001 Sec. D),
+  one point per run with the Pearson correlation in each title;
+- ``fig5_flatness_over_epochs.png``: per run, held-out RLoss against flatness over the epochs,
+  coloured from early to late (papers/003 Fig. 5);
+- ``gap_vs_flatness.png``: the robust generalisation gap (test - train RLoss) against flatness;
+
+and logs the same figures to TensorBoard in ``DIR``.
+"""
+
+import argparse
+import csv
+import glob
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# (column title, metrics.json key); RErr after early stopping is the test RErr of the weights
+# that early stopping restored, when that run tested them
+COLUMNS: List[Tuple[str, str]] = [
+    ("Err (test)", "test/err"),
+    ("RErr PGD (test)", "test/rerr_pgd"),
+    ("RErr AA (test)", "test/rerr_aa"),
+    ("RErr PGD (train)", "test/rerr_pgd_train"),
+    ("RErr AA (train)", "test/rerr_aa_train"),
+    ("RErr (early stop)", "early_stopping/test_rerr"),
+    ("RLoss (test)", "test/rloss_pgd"),
+    ("RLoss (train)", "test/rloss_pgd_train"),
+    ("Avg Loss", "flatness/avg_loss"),
+    ("Worst Loss", "flatness/worst_loss"),
+    ("Avg RLoss", "flatness/avg_rloss"),
+    ("Worst RLoss", "flatness/worst_rloss"),
+]
+FLATNESS_PANELS = [("flatness/avg_rloss", "average-case flatness in RLoss"),
+                   ("flatness/worst_rloss", "worst-case flatness in RLoss"),
+                   ("flatness/avg_loss", "average-case flatness in (clean) Loss")]
+
+
+@dataclass
+class Run:
+    """One run: its label, its final metrics and its per-epoch scalars."""
+
+    name: str
+    path: str
+    metrics: Dict[str, float]
+    curves: Dict[str, List[Tuple[int, float]]] = field(default_factory=dict)
+
+    def get(self, key: str) -> float:
+        value = self.metrics.get(key)
+        return float(value) if isinstance(value, (int, float)) else math.nan
+
+    @property
+    def test_rerr(self) -> float:
+        """RErr used for sorting: AutoAttack where measured, PGD otherwise."""
+        aa = self.get("test/rerr_aa")
+        return aa if not math.isnan(aa) else self.get("test/rerr_pgd")
+
+
+def run_label(path: str) -> str:
+    """``logs/digits_trades/version_0`` -> ``digits_trades`` (``/version_N`` dropped)."""
+    path = os.path.normpath(path)
+    base = os.path.basename(path)
+    return os.path.basename(os.path.dirname(path)) if base.startswith("version_") else base
+
+
+def read_scalars(path: str) -> Dict[str, List[Tuple[int, float]]]:
+    """Every scalar of the TensorBoard event files in ``path``, as ``tag -> [(step, value), ...]``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not glob.glob(os.path.join(path, "events.out.tfevents.*")):
+        return {}
+    events = EventAccumulator(path, size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def load_run(path: str) -> Run:
+    """Read a run directory; a missing ``metrics.json`` is an error naming the directory."""
+    metrics_path = os.path.join(path, "metrics.json")
+    if not os.path.isfile(metrics_path):
+        raise FileNotFoundError(f"{path}: no metrics.json (run `train.py test` for this run first)")
+    with open(metrics_path) as f:
+        metrics = json.load(f)
+    return Run(name=run_label(path), path=path, metrics=metrics, curves=read_scalars(path))
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson correlation of the finite pairs; NaN with fewer than 3 pairs or no spread."""
+    pairs = np.array([(a, b) for a, b in zip(x, y) if math.isfinite(a) and math.isfinite(b)], dtype=float)
+    if len(pairs) < 3 or pairs[:, 0].std() == 0 or pairs[:, 1].std() == 0:
+        return math.nan
+    return float(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1])
+
+
+def _format(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.3f}"
+
+
+def table_rows(runs: Sequence[Run]) -> List[List[str]]:
+    """Header and one row per run, sorted by test RErr (runs without it last)."""
+    ordered = sorted(runs, key=lambda r: (math.isnan(r.test_rerr), r.test_rerr))
+    header = ["Method"] + [title for title, _ in COLUMNS]
+    return [header] + [[run.name] + [_format(run.get(key)) for _, key in COLUMNS] for run in ordered]
+
+
+def write_tables(runs: Sequence[Run], out: str) -> Tuple[str, str]:
+    """``table.md`` and ``table.csv`` in ``out``."""
+    rows = table_rows(runs)
+    csv_path, md_path = os.path.join(out, "table.csv"), os.path.join(out, "table.md")
+    with open(csv_path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    with open(md_path, "w") as f:
+        f.write("| " + " | ".join(rows[0]) + " |\n")
+        f.write("|" + "---|" * len(rows[0]) + "\n")
+        for row in rows[1:]:
+            f.write("| " + " | ".join(row) + " |\n")
+    return md_path, csv_path
+
+
+def _scatter(ax, runs: Sequence[Run], x_key: str, y_of, xlabel: str, ylabel: str) -> float:
+    xs = [run.get(x_key) for run in runs]
+    ys = [y_of(run) for run in runs]
+    for run, x, y in zip(runs, xs, ys):
+        if math.isfinite(x) and math.isfinite(y):
+            ax.scatter(x, y, s=30)
+            ax.annotate(run.name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    r = pearson(xs, ys)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"Pearson r = {r:.2f}" if math.isfinite(r) else "Pearson r: too few runs")
+    ax.grid(alpha=0.3)
+    return r
+
+
+def figure_rloss_vs_flatness(runs: Sequence[Run]):
+    """papers/003 Fig. 1: test RLoss against three flatness measures, with Pearson correlations."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(FLATNESS_PANELS), figsize=(5 * len(FLATNESS_PANELS), 4.2))
+    correlations = {}
+    for ax, (key, label) in zip(axes, FLATNESS_PANELS):
+        correlations[key] = _scatter(ax, runs, key, lambda run: run.get("test/rloss_pgd"), label, "test RLoss (PGD)")
+    fig.suptitle("Robust loss against flatness (one point per run)")
+    fig.tight_layout()
+    return fig, correlations
+
+
+def figure_gap_vs_flatness(runs: Sequence[Run]):
+    """Robust generalisation gap (test - train RLoss) against average-case flatness in RLoss."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    r = _scatter(ax, runs, "flatness/avg_rloss", lambda run: run.get("test/rloss_pgd") - run.get("test/rloss_pgd_train"),
+                 "average-case flatness in RLoss", "RLoss gap (test - train)")
+    fig.tight_layout()
+    return fig, r
+
+
+def epoch_pairs(run: Run, y_tag: str = "val/rloss", x_tag: str = "flatness/avg_rloss") -> List[Tuple[float, float]]:
+    """(flatness, RLoss) per epoch where both were logged at the same step."""
+    ys = dict(run.curves.get(y_tag, []))
+    return [(x, ys[step]) for step, x in run.curves.get(x_tag, []) if step in ys]
+
+
+def figure_flatness_over_epochs(runs: Sequence[Run]):
+    """papers/003 Fig. 5: per run, held-out RLoss against flatness over epochs, early (blue) to late (red)."""
+    import matplotlib.pyplot as plt
+
+    with_curves = [run for run in runs if epoch_pairs(run)]
+    columns = max(1, min(4, len(with_curves)))
+    rows = max(1, math.ceil(len(with_curves) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for ax, run in zip(axes.flat, with_curves):
+        pairs = np.array(epoch_pairs(run))
+        ax.set_visible(True)
+        ax.plot(pairs[:, 0], pairs[:, 1], color="0.8", linewidth=0.8, zorder=1)
+        ax.scatter(pairs[:, 0], pairs[:, 1], c=np.linspace(0, 1, len(pairs)), cmap="coolwarm", s=18, zorder=2)
+        ax.set_title(run.name, fontsize=9)
+        ax.set_xlabel("avg. flatness in RLoss")
+        ax.set_ylabel("held-out RLoss")
+        ax.grid(alpha=0.3)
+    fig.suptitle("RLoss against flatness during training (blue: early, red: late)")
+    fig.tight_layout()
+    return fig
+
+
+def make_report(run_dirs: Sequence[str], out: str) -> Dict[str, object]:
+    """Write the tables and figures for ``run_dirs`` into ``out``; returns paths and correlations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torch.utils.tensorboard import SummaryWriter
+
+    runs = [load_run(path) for path in run_dirs]
+    os.makedirs(out, exist_ok=True)
+    md_path, csv_path = write_tables(runs, out)
+    fig1, correlations = figure_rloss_vs_flatness(runs)
+    fig5 = figure_flatness_over_epochs(runs)
+    gap, gap_r = figure_gap_vs_flatness(runs)
+    figures = {"fig1_rloss_vs_flatness": fig1, "fig5_flatness_over_epochs": fig5, "gap_vs_flatness": gap}
+    paths = {}
+    writer = SummaryWriter(out)
+    for name, fig in figures.items():
+        paths[name] = os.path.join(out, name + ".png")
+        fig.savefig(paths[name], dpi=120)
+        writer.add_figure(f"report/{name}", fig, close=False)
+        plt.close(fig)
+    writer.close()
+    summary = {"runs": [run.name for run in runs], "table_md": md_path, "table_csv": csv_path, "figures": paths,
+               "pearson": {**{f"test/rloss_pgd vs {k}": v for k, v in correlations.items()},
+                           "rloss gap vs flatness/avg_rloss": gap_r}}
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lit_robust.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", nargs="+", help="TensorBoard log directories of tested runs (with metrics.json)")
+    parser.add_argument("--out", required=True, help="directory for the tables and figures")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        summary = make_report(args.run_dirs, args.out)
+    except FileNotFoundError as error:
+        parser.exit(2, f"error: {error}\n")
+    with open(summary["table_md"]) as f:
+        log.info(f.read())
+    for name, r in summary["pearson"].items():
+        log.info(f"Pearson r, {name}: {r:.3f}")
+    log.info(f"Report written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The report on fabricated run directories: known numbers give known rows and correlations."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from lit_robust.report import main, make_report, pearson
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+RUNS = {  # name: (test rerr_pgd, test rloss, train rloss, avg_rloss flatness, worst_rloss, avg_loss)
+    "digits_at": (0.40, 1.60, 0.30, 1.20, 3.0, 0.10),
+    "digits_trades": (0.30, 1.20, 0.60, 0.80, 2.5, 0.20),
+    "digits_awp": (0.25, 1.00, 0.70, 0.50, 1.0, 0.05),
+    "digits_clip": (0.35, 1.40, 0.50, 0.90, 2.0, 0.15),
+}
+
+
+def fabricate(root, name, values, epochs=5):
+    rerr, rloss, rloss_train, avg, worst, avg_loss = values
+    run = root / name / "version_0"
+    run.mkdir(parents=True)
+    metrics = {"test/err": rerr / 2, "test/rerr_pgd": rerr, "test/rloss_pgd": rloss, "test/rloss_pgd_train": rloss_train,
+               "test/rerr_pgd_train": rerr / 3, "flatness/avg_rloss": avg, "flatness/worst_rloss": worst,
+               "flatness/avg_loss": avg_loss, "epoch": epochs - 1}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    writer = SummaryWriter(str(run))
+    for epoch in range(epochs):
+        writer.add_scalar("val/rloss", rloss * (0.5 + 0.1 * epoch), epoch)
+        writer.add_scalar("flatness/avg_rloss", avg * (0.5 + 0.1 * epoch), epoch)
+    writer.close()
+    return str(run)
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return [fabricate(tmp_path / "logs", name, values) for name, values in RUNS.items()]
+
+
+def test_pearson_against_definition():
+    x, y = [1.0, 2.0, 3.0, 5.0], [2.0, 1.0, 4.0, 3.0]
+    xm, ym = np.mean(x), np.mean(y)
+    r = sum((a - xm) * (b - ym) for a, b in zip(x, y)) / math.sqrt(
+        sum((a - xm) ** 2 for a in x) * sum((b - ym) ** 2 for b in y))
+    assert pearson(x, y) == pytest.approx(r)
+    assert math.isnan(pearson([1, 2], [3, 4]))
+    assert pearson([1, 2, 3, float("nan")], [1, 2, 3, 7]) == pytest.approx(1.0)
+
+
+def test_table_rows_and_correlations(runs, tmp_path):
+    out = tmp_path / "report"
+    summary = make_report(runs, str(out))
+    rows = list(csv.reader(open(out / "table.csv")))
+    assert rows[0][:3] == ["Method", "Err (test)", "RErr PGD (test)"]
+    assert [row[0] for row in rows[1:]] == ["digits_awp", "digits_trades", "digits_clip", "digits_at"]
+    awp = dict(zip(rows[0], rows[1]))
+    assert awp["RErr PGD (test)"] == "0.250" and awp["Avg RLoss"] == "0.500" and awp["Worst RLoss"] == "1.000"
+    assert awp["RErr AA (test)"] == ""  # not measured: empty, not zero
+    rloss = [v[1] for v in RUNS.values()]
+    expected = np.corrcoef([v[3] for v in RUNS.values()], rloss)[0, 1]
+    assert summary["pearson"]["test/rloss_pgd vs flatness/avg_rloss"] == pytest.approx(expected)
+    gap = [v[1] - v[2] for v in RUNS.values()]
+    assert summary["pearson"]["rloss gap vs flatness/avg_rloss"] == pytest.approx(
+        np.corrcoef([v[3] for v in RUNS.values()], gap)[0, 1])
+    md = (out / "table.md").read_text()
+    assert md.count("\n") == len(RUNS) + 2 and "| digits_awp |" in md
+    for path in summary["figures"].values():
+        with open(path, "rb") as f:
+            assert f.read(8) == PNG_MAGIC
+    assert list(out.glob("events.out.tfevents.*"))  # the figures in TensorBoard too
+
+
+def test_command_line(runs, tmp_path, capsys):
+    main(runs + ["--out", str(tmp_path / "cli")])
+    assert (tmp_path / "cli" / "fig1_rloss_vs_flatness.png").exists()
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
+    assert exit_.value.code == 2 and "no metrics.json" in capsys.readouterr().err
