@@ -1,1 +1,9 @@
 """Reusable Lightning callbacks for adversarial training: one callback per file."""
+
+from callbacks.flatness_monitor import FlatnessMonitor
+from callbacks.landscape_monitor import LandscapeMonitor
+from callbacks.robust_early_stopping import RobustEarlyStopping
+from callbacks.weight_averaging import ExponentialMovingAverage, WeightAveraging
+from callbacks.weight_clipping import WeightClipping
+
+__all__ = ["ExponentialMovingAverage", "FlatnessMonitor", "LandscapeMonitor", "RobustEarlyStopping", "WeightAveraging", "WeightClipping"]

@@ -233,6 +233,67 @@ class FGSM(PGD):
                          keep_best=False)
 
 
+class FriendlyPGD(PGD):
+    """Early-stopped PGD-K-tau (Zhang et al. 2020, "Attacks which do not kill training make
+    adversarial learning stronger", Algorithm 1; papers/001 Sec. G, "PGD-tau").
+
+    Per example, before each of the K steps the current iterate is classified: if it is
+    misclassified and the example has no steps left after the flip, the example stops there;
+    if it is misclassified with steps left, one of its tau steps is used up and it steps on;
+    otherwise it steps on. So an example stops tau steps after its label flips, tau = 0 leaves an
+    example misclassified at the start where it is (no adversarial example), and an example whose
+    label never flips runs all K steps. The objective is cross-entropy. Stopped examples leave the
+    batch: each iteration's forward and input-only backward pass covers the examples still running.
+
+    The paper's Algorithm 1 starts at x (``random_start=False``, the default); the official code
+    starts at x + 0.001 * N(0, 1) (``random_start=True, init_std=0.001``).
+
+    Args:
+        epsilon: radius of the threat model's ball.
+        step_size: step per iteration.
+        steps: the most iterations K.
+        tau: steps taken after the label flips (0, 1, 2 or 3 in papers/001).
+        norm: ``"linf"`` or ``"l2"``.
+        random_start: start from a random point of the ball instead of x.
+        bn_mode: mode of the model while attacking (eval, as the official code).
+        init_std: with ``random_start``, start from Gaussian noise of this standard deviation.
+    """
+
+    def __init__(self, epsilon: float, step_size: float, steps: int, tau: int = 0, norm: Norm = "linf",
+                 random_start: bool = False, bn_mode: BNMode = "eval", init_std: float = 0.0) -> None:
+        check(isinstance(tau, int) and tau >= 0, "tau", tau, "an integer >= 0 (0, 1, 2 or 3 in the paper)")
+        super().__init__(epsilon, step_size, steps, norm=norm, random_start=random_start, bn_mode=bn_mode,
+                         keep_best=False, init_std=init_std)
+        self.tau = tau
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, tau={self.tau})"
+
+    def _run_once(self, model: nn.Module, x: Tensor, y: Tensor, clean_logits: Optional[Tensor],
+                  score_last: bool) -> AttackResult:
+        delta = self.initial_delta(x)
+        steps_left = torch.full((len(x),), self.tau, device=x.device)
+        running = torch.arange(len(x), device=x.device)
+        for _ in range(self.steps):
+            d = delta[running].requires_grad_(True)
+            logits = model(x[running] + d)
+            flipped = logits.argmax(dim=1) != y[running]
+            stops = flipped & (steps_left[running] == 0)
+            steps_left[running] -= (flipped & ~stops).long()
+            if stops.all():
+                break
+            losses = per_example_loss(logits, y[running])
+            (grad,) = torch.autograd.grad(losses[~stops].sum(), d)
+            running, d, grad = running[~stops], d.detach()[~stops], grad[~stops]
+            delta[running] = self.project(x[running], self.ascent(d, grad))
+        last = AttackResult(x + delta)
+        if score_last:
+            with torch.no_grad():
+                last.logits = model(last.x_adv)
+                last.loss = per_example_loss(last.logits, y)
+        return last
+
+
 def _norms(t: Tensor) -> Tensor:
     """Per-example L2 norms, shaped to broadcast against ``t``."""
     return t.flatten(1).norm(dim=1).view((-1,) + (1,) * (t.dim() - 1))

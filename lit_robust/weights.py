@@ -21,7 +21,11 @@ NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def select_parameters(model: nn.Module, which: Selection = "all") -> List[Tuple[str, nn.Parameter]]:
-    """The tensors that make up B_xi(w), as ``(name, parameter)`` pairs in module order.
+    """The tensors that make up B_xi(w), as ``(name, parameter)`` pairs in module order (papers/001 Sec. D).
+
+    "Layer" means one parameter tensor: weights and biases are separate layers; batch-normalisation
+    parameters (and those of other normalisation layers) are left out, as are frozen tensors. The
+    names are those of ``model.named_parameters()``, so they work with ``torch.func.functional_call``.
 
     Args:
         model: the network.
@@ -30,19 +34,46 @@ def select_parameters(model: nn.Module, which: Selection = "all") -> List[Tuple[
             and linear layers, tensors with at least two dimensions (the paper's AWP).
     """
     check_choice(which, "which", ("all", "weights"))
-    selected = []
+    selected, seen = [], set()
     for module_name, module in model.named_modules():
         if isinstance(module, NORM_LAYERS):
             continue
         for name, parameter in module.named_parameters(recurse=False):
-            if not parameter.requires_grad or (which == "weights" and parameter.dim() < 2):
+            # a tensor shared by two modules is one layer: perturbing it twice would double nu
+            if id(parameter) in seen or not parameter.requires_grad or (which == "weights" and parameter.dim() < 2):
                 continue
+            seen.add(id(parameter))
             selected.append((f"{module_name}.{name}" if module_name else name, parameter))
     return selected
 
 
+def names_and_weights(model: nn.Module, which: Selection = "all") -> Tuple[List[str], List[nn.Parameter]]:
+    """:func:`select_parameters` as a list of names and a list of tensors; at least one tensor.
+
+    Args:
+        model: the network.
+        which: ``"all"`` or ``"weights"``, as for :func:`select_parameters`.
+    """
+    selected = select_parameters(model, which)
+    check(len(selected) > 0, "model", type(model).__name__,
+          "a network with trainable weights outside normalisation layers")
+    return [name for name, _ in selected], [w for _, w in selected]
+
+
+def gaussian_direction(weights: Sequence[Tensor], generator: Optional[torch.Generator] = None) -> List[Tensor]:
+    """A standard Gaussian tensor shaped like each of ``weights``, before any normalisation.
+
+    Args:
+        weights: the layers' tensors.
+        generator: random-number generator (on any device); the result is on the weights' devices.
+    """
+    return [torch.randn(w.shape, generator=generator, dtype=w.dtype,
+                        device=w.device if generator is None else generator.device).to(w.device)
+            for w in weights]
+
+
 def layer_norms(tensors: Sequence[Tensor]) -> List[Tensor]:
-    """L2 norm of each tensor (float32 scalars)."""
+    """||w_l||_2 of each tensor (float32 scalars), the scale of B_xi(w) (papers/001 Eq. 4)."""
     return [t.detach().float().norm() for t in tensors]
 
 
@@ -89,16 +120,37 @@ class Neighbourhood:
         self.radii = [self.xi * n for n in layer_norms(self.weights)]
 
     def sample(self, generator: Optional[torch.Generator] = None) -> List[Tensor]:
-        """A random nu on the boundary: a Gaussian direction per layer with norm exactly xi ||w_l||."""
-        out = []
-        for w, r in zip(self.weights, self.radii):
-            d = torch.randn(w.shape, generator=generator, dtype=w.dtype,
-                            device="cpu" if generator is not None else w.device).to(w.device)
-            out.append(d / d.norm().clamp_min(1e-12) * r.to(w.dtype))
-        return out
+        """A random nu on the boundary of B_xi(w) (papers/001 Sec. D, average-case flatness).
+
+        Per layer, a Gaussian direction rescaled to norm exactly xi ||w_l||: uniform on the
+        per-layer sphere, as the paper's code draws it (the text asks for ||nu_l|| <= xi ||w_l||).
+
+        Args:
+            generator: random-number generator (on any device) for reproducible samples.
+        """
+        return [d / d.norm().clamp_min(1e-12) * r.to(d.dtype)
+                for d, r in zip(gaussian_direction(self.weights, generator), self.radii)]
+
+    def sample_inside(self, generator: Optional[torch.Generator] = None) -> List[Tensor]:
+        """A random nu inside B_xi(w): the random start of worst-case flatness (papers/001 Eq. 5-7).
+
+        Per layer, a direction uniform on the sphere with a norm drawn uniformly from [0, xi ||w_l||];
+        the text says only "random initialization of nu in B_xi(w)", the uniform norm is the
+        paper's code.
+
+        Args:
+            generator: random-number generator (on any device) for reproducible samples.
+        """
+        on_sphere = self.sample(generator)
+        device = "cpu" if generator is None else generator.device
+        fractions = torch.rand(len(on_sphere), generator=generator, device=device).tolist()
+        return [n * f for n, f in zip(on_sphere, fractions)]
 
     def project(self, nu: Sequence[Tensor]) -> List[Tensor]:
-        """Per layer, scale nu_l onto the ball ||nu_l|| <= xi ||w_l|| if it lies outside."""
+        """The Euclidean projection onto B_xi(w), layer by layer (papers/001 Sec. D, after Eq. 7).
+
+        Each nu_l outside its ball ||nu_l|| <= xi ||w_l|| is scaled back onto the sphere; inside, it is kept.
+        """
         return [n * (r / n.detach().norm().clamp_min(1e-12)).clamp(max=1.0).to(n.dtype)
                 for n, r in zip(nu, self.radii)]
 
@@ -109,10 +161,15 @@ class Neighbourhood:
 
 @contextmanager
 def perturbed(weights: Sequence[Tensor], nu: Sequence[Tensor]) -> Iterator[None]:
-    """Add ``nu`` to ``weights`` in place inside the block; restore the exact values afterwards.
+    """Evaluate the network at w + nu (papers/001 Eq. 3-5): add ``nu`` to ``weights`` in place inside
+    the block and restore the exact values afterwards.
 
     The original values are copied and copied back (not subtracted), so the weights are restored
     bit for bit, also when the block raises.
+
+    Args:
+        weights: the layers' tensors (see :func:`select_parameters`), changed in place.
+        nu: one perturbation per tensor, same shapes.
     """
     saved = [w.detach().clone() for w in weights]
     try:

@@ -10,7 +10,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# tiny models run fastest on one thread, and CI has only two cores
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def in_temporary_directory(tmp_path, monkeypatch):
+    """Every test runs in its own directory, so that whatever a Trainer writes to its working directory
+    (a default root directory, metrics.json) stays out of the repository."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from lit_robust.attacks import FGSM, PGD, per_example_loss, per_example_losses, restore_modes
 from lit_robust.errors import ConfigurationError

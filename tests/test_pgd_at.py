@@ -104,7 +104,7 @@ def test_label_smoothing_only_in_weight_update(digits):
 
 
 @pytest.mark.parametrize("kwargs, setting", [
-    (dict(epsilon=-0.1), "epsilon"), (dict(train_steps=0), "steps"), (dict(norm="l1"), "norm"),
+    (dict(epsilon=-0.1), "epsilon"), (dict(train_steps=0), "train_steps"), (dict(norm="l1"), "norm"),
     (dict(label_smoothing=1.5), "label_smoothing"), (dict(label_noise=-0.1), "label_noise"),
 ])
 def test_bad_settings_fail_at_construction(kwargs, setting):
@@ -156,3 +156,10 @@ def test_users_own_module_and_plain_trainer(tmp_path, digits):
     assert "test/rloss_pgd_train" in result
     metrics = json.load(open(os.path.join(str(tmp_path), "metrics.json")))
     assert metrics["test/rerr_pgd"] == pytest.approx(result["test/rerr_pgd"])
+
+
+def test_train_epsilon_only_changes_the_training_attack():
+    module = _module(train_epsilon=0.15)
+    assert module.train_attack.epsilon == 0.15
+    assert module.val_attack.epsilon == module.test_attack.epsilon == 0.1
+    assert _module().train_attack.epsilon == 0.1

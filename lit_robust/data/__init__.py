@@ -2,5 +2,8 @@
 
 from lit_robust.data.base import AdversarialDataModule
 from lit_robust.data.digits import DigitsDataModule
+from lit_robust.data.pseudo_labeled import PseudoLabeledDataModule
+from lit_robust.data.vision import CIFAR10DataModule, CIFAR100DataModule, MNISTDataModule, SVHNDataModule
 
-__all__ = ["AdversarialDataModule", "DigitsDataModule"]
+__all__ = ["AdversarialDataModule", "CIFAR10DataModule", "CIFAR100DataModule", "DigitsDataModule", "MNISTDataModule",
+           "PseudoLabeledDataModule", "SVHNDataModule"]

@@ -2,6 +2,10 @@
 
 from lit_robust.models.activations import ACTIVATIONS, LiSHT, PSwish, get_activation, max_curvature
 from lit_robust.models.normalize import Normalize
+from lit_robust.models.preact_resnet import PreActResNet18
+from lit_robust.models.resnet import ResNet, ResNet18
 from lit_robust.models.small_cnn import SmallCNN
+from lit_robust.models.wide_resnet import WideResNet
 
-__all__ = ["ACTIVATIONS", "LiSHT", "Normalize", "PSwish", "SmallCNN", "get_activation", "max_curvature"]
+__all__ = ["ACTIVATIONS", "LiSHT", "Normalize", "PSwish", "PreActResNet18", "ResNet", "ResNet18", "SmallCNN",
+           "WideResNet", "get_activation", "max_curvature"]

@@ -13,10 +13,11 @@ Variants override :meth:`training_step` with their own inner maximisation and ou
 
 import json
 import logging
-import math
 import os
+import random
 from typing import Any, Dict, Literal, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_lightning import LightningModule
@@ -32,6 +33,29 @@ from lit_robust.sanity import check_gradient_masking
 from lit_robust.weights import select_parameters
 
 log = logging.getLogger(__name__)
+
+
+def random_states() -> Dict[str, Any]:
+    """The states of torch's (CPU and CUDA), numpy's and Python's random number generators, in types that
+    ``torch.load(weights_only=True)`` reads."""
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                        "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["torch.cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_random_states(states: Dict[str, Any]) -> None:
+    """Set the random number generators to ``states`` from :func:`random_states`."""
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    numpy = states["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["position"], numpy["has_gauss"],
+                         numpy["cached_gaussian"]))
+    if "torch.cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["torch.cuda"])
 
 
 def paper_sgd(params) -> torch.optim.Optimizer:
@@ -58,6 +82,8 @@ class AdversarialModule(LightningModule):
         test_on_train: also evaluate the train-eval split on test (metrics with suffix ``_train``).
         autoattack: also run AutoAttack on test (``test/rerr_aa``).
         autoattack_version: AutoAttack version (``"standard"`` in the paper).
+        train_epsilon: epsilon of the training attack when it differs from the evaluation epsilon
+            (papers/001 Table D, "larger epsilon": train at 9/255, evaluate at 8/255).
         l1_penalty: weight lambda of the L1 norm of the weights added to the training loss by
             :meth:`add_l1_penalty` (papers/002 Table 4: 5e-6); 0 turns it off.
     """
@@ -68,11 +94,16 @@ class AdversarialModule(LightningModule):
                  epsilon: float = 8 / 255, step_size: float = 0.007, norm: Norm = "linf", train_steps: int = 7,
                  val_steps: int = 7, val_restarts: int = 5, test_steps: int = 20, test_restarts: int = 10,
                  test_on_train: bool = True, autoattack: bool = False,
-                 autoattack_version: AutoAttackVersion = "standard", l1_penalty: float = 0.0) -> None:
+                 autoattack_version: AutoAttackVersion = "standard", train_epsilon: Optional[float] = None,
+                 l1_penalty: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
         check(isinstance(model, nn.Module), "model", type(model).__name__, "an nn.Module")
         check(l1_penalty >= 0, "l1_penalty", l1_penalty, "a number >= 0")
+        check(train_epsilon is None or train_epsilon > 0, "train_epsilon", train_epsilon, "a number > 0 or null")
+        for name, value in (("train_steps", train_steps), ("val_steps", val_steps), ("val_restarts", val_restarts),
+                            ("test_steps", test_steps), ("test_restarts", test_restarts)):
+            check(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
         self.model = model
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -83,10 +114,15 @@ class AdversarialModule(LightningModule):
         self.test_metrics = nn.ModuleDict({name: MeanMetric() for name in ("err", "loss", "rerr_pgd", "rloss_pgd",
                                                                            "rerr_aa")})
 
+    @property
+    def training_epsilon(self) -> float:
+        """Epsilon of the training attack: ``train_epsilon`` where given, else ``epsilon``."""
+        return self.hparams.train_epsilon or self.hparams.epsilon
+
     def make_train_attack(self) -> PGD:
         """The training attack: PGD on cross-entropy, last iterate (Madry et al.); variants override."""
         h = self.hparams
-        return PGD(h.epsilon, h.step_size, h.train_steps, norm=h.norm, keep_best=False)
+        return PGD(self.training_epsilon, h.step_size, h.train_steps, norm=h.norm, keep_best=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -164,12 +200,34 @@ class AdversarialModule(LightningModule):
             json.dump(metrics, f, indent=2, sort_keys=True)
         rank_zero_info(f"Test metrics written to {path}")
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and not math.isfinite(float(loss)):
+    def on_before_backward(self, loss: Tensor) -> None:
+        """Stop at once on a non-finite training loss: before the backward pass, so that neither the
+        weights nor any checkpoint (ModelCheckpoint saves in ``on_train_batch_end``) sees the step; the
+        decision is combined across processes, so that all of them stop at the same step."""
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss.detach()).all()), all=True)
+        if not finite:
+            last = self.last_checkpoint()
             raise FloatingPointError(
-                f"non-finite training loss ({float(loss)}) at epoch {self.current_epoch}, global step "
-                f"{self.global_step}; training stopped (the checkpoints written so far are kept).")
+                f"non-finite training loss ({float(loss.detach())}) at epoch {self.current_epoch}, global step "
+                f"{self.global_step}; training stopped before this update. Last good checkpoint (kept): "
+                f"{last or 'none was written yet'}.")
+
+    def last_checkpoint(self) -> Optional[str]:
+        """The checkpoint file the trainer's checkpoint callbacks wrote last, or ``None``."""
+        paths = [path for callback in self.trainer.checkpoint_callbacks
+                 for path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""))
+                 if path and os.path.isfile(path)]
+        return max(paths, key=os.path.getmtime, default=None)
+
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        """Keep the random number generators' states, so that a resumed run draws the same batches and
+        random starts as an uninterrupted one."""
+        checkpoint["random_states"] = random_states()
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        """Restore the random number generators' states when a trainer resumes fitting from ``checkpoint``."""
+        if self._trainer is not None and self.trainer.state.fn == "fit" and "random_states" in checkpoint:
+            set_random_states(checkpoint["random_states"])
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())

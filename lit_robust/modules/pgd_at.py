@@ -1,6 +1,6 @@
 """PGD adversarial training (Madry et al. 2018), the paper's AT baseline (papers/001 Sec. F, G)."""
 
-from typing import Any
+from typing import Any, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -27,20 +27,30 @@ class PGDAT(AdversarialModule):
         label_noise: tau of label noise, a fresh tau fraction of random labels per batch; weight update only.
         ignore_incorrect: no adversarial example for training examples the model misclassifies.
         prevent_label_leaking: attack the predicted instead of the true label.
+        mixup_alpha: alpha of mixup inside AT (papers/002 Table 4: 1.4; 0: off), see :meth:`mixup`.
+            It cannot be combined with the four options above, which need hard labels.
         **kwargs: :class:`~lit_robust.modules.base.AdversarialModule` arguments.
     """
 
     def __init__(self, *args: Any, label_smoothing: float = 0.0, label_noise: float = 0.0,
-                 ignore_incorrect: bool = False, prevent_label_leaking: bool = False, **kwargs: Any) -> None:
+                 ignore_incorrect: bool = False, prevent_label_leaking: bool = False, mixup_alpha: float = 0.0,
+                 **kwargs: Any) -> None:
         check(0.0 <= label_smoothing < 1.0, "label_smoothing", label_smoothing, "a number in [0, 1)")
         check(0.0 <= label_noise <= 1.0, "label_noise", label_noise, "a number in [0, 1]")
+        check(mixup_alpha >= 0, "mixup_alpha", mixup_alpha, "a number >= 0")
+        check(mixup_alpha == 0 or not (label_smoothing or label_noise or ignore_incorrect or prevent_label_leaking),
+              "mixup_alpha", mixup_alpha,
+              "0 when label_smoothing, label_noise, ignore_incorrect or prevent_label_leaking is set")
         super().__init__(*args, **kwargs)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch
         h = self.hparams
+        target = y
+        if h.mixup_alpha > 0:
+            x, target, y = self.mixup(x, y)
         # inner maximisation
-        y_attack = y
+        y_attack = target
         if h.ignore_incorrect or h.prevent_label_leaking:
             predicted = self.clean_prediction(x)
             y_attack = predicted if h.prevent_label_leaking else y
@@ -49,9 +59,30 @@ class PGDAT(AdversarialModule):
             x_adv = torch.where((predicted == y).view(-1, 1, 1, 1), x_adv, x)
         # outer minimisation
         logits = self.model(x_adv)
-        loss = self.outer_loss(logits, y)
+        loss = self.add_l1_penalty(self.outer_loss(logits, target))
         self.log_training(loss, logits, y)
         return loss
+
+    def mixup(self, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Mixup (Zhang et al. 2018) of the clean batch before the attack, as Rice et al. use it inside AT
+        (papers/002 Table 4).
+
+        One lambda ~ Beta(alpha, alpha) per batch and a random permutation pi give
+        x_mix = lambda x + (1 - lambda) x[pi] and the target lambda e_y + (1 - lambda) e_y[pi]. PGD then
+        maximises, and the weight update minimises, the cross-entropy against this soft target, which
+        equals lambda CE(., y) + (1 - lambda) CE(., y[pi]) (Rice et al.'s mixup criterion).
+
+        Returns:
+            The mixed inputs, the soft targets (B, K) and, for ``train/rerr``, the label of larger weight.
+        """
+        num_classes = getattr(getattr(self.trainer, "datamodule", None), "num_classes", None)
+        if num_classes is None:
+            raise RuntimeError("mixup needs the number of classes: train with a data module that has num_classes.")
+        alpha = self.hparams.mixup_alpha
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        perm = torch.randperm(len(y), device=y.device)
+        target = lam * F.one_hot(y, num_classes).float() + (1 - lam) * F.one_hot(y[perm], num_classes).float()
+        return lam * x + (1 - lam) * x[perm], target, y if lam >= 0.5 else y[perm]
 
     def clean_prediction(self, x: Tensor) -> Tensor:
         """Predicted labels on clean inputs, in the attack's BN mode, without gradients."""
@@ -59,7 +90,8 @@ class PGDAT(AdversarialModule):
             return self.model(x).argmax(dim=1)
 
     def outer_loss(self, logits: Tensor, y: Tensor) -> Tensor:
-        """Cross-entropy for the weight update, with label smoothing or label noise when set."""
+        """Cross-entropy for the weight update, with label smoothing or label noise when set; ``y`` are
+        labels, or soft targets (B, K) under mixup."""
         h = self.hparams
         if h.label_noise > 0:
             y = noisy_labels(y, h.label_noise, logits.shape[1])

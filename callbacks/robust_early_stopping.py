@@ -1,0 +1,208 @@
+"""Early stopping on the PGD robust error of the held-out split (papers/001 Sec. F)."""
+
+import math
+import os
+from typing import Any, Dict, Optional
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from typing_extensions import override
+
+from lit_robust.attacks import PGD, Norm
+from lit_robust.errors import ConfigurationError, check
+from lit_robust.evaluation import clean_and_robust
+
+
+class RobustEarlyStopping(Callback):
+    """Keep the weights with the lowest held-out robust error; optionally stop and restore them.
+
+    Every ``every_n_epochs`` epochs the robust error (RErr: misclassified or successfully attacked)
+    of the current weights on the held-out split is measured with PGD, by default PGD-7 with 5
+    random restarts, the attack of the paper's early stopping ("we save snapshots every 5 epochs to
+    perform early stopping ... 7 iterations PGD ... with 5 random restarts", papers/001 Sec. F).
+    The paper picks the best snapshot after training; this callback keeps the best weights so far
+    in one checkpoint file, which is the same choice.
+
+    The measurement is made during the trainer's validation (the data module's
+    ``val_dataloader``, the held-out split), so it sees what validation sees, e.g. the averaged
+    weights of :class:`~callbacks.weight_averaging.WeightAveraging`:
+
+    * when the module's ``val_attack`` is this very attack (an
+      :class:`~lit_robust.modules.base.AdversarialModule` with ``val_steps``, ``val_restarts``,
+      ``epsilon``, ``step_size`` and ``norm`` equal to this callback's), its ``val/rerr`` is reused
+      and the held-out split is attacked only once;
+    * otherwise the callback attacks every validation batch itself (``clean_and_robust``) and
+      sums across processes.
+
+    It logs ``early_stopping/rerr`` (this evaluation), ``early_stopping/best_rerr`` and
+    ``early_stopping/best_epoch`` (also on test, so ``metrics.json`` has them), and writes the best
+    weights with ``trainer.save_checkpoint`` to ``<dirpath>/<filename>.ckpt``, next to
+    ModelCheckpoint's files by default; ``ModelCheckpoint(monitor="early_stopping/rerr")`` works
+    as well. Every decision is combined across processes.
+
+    Args:
+        every_n_epochs: evaluate after every this many epochs (the paper: 5); a multiple of the
+            trainer's ``check_val_every_n_epoch``, as the evaluation runs with validation.
+        steps: PGD iterations (7).
+        restarts: PGD random restarts, worst case per example (5).
+        epsilon: radius of the threat model; default the module's ``val_attack``'s.
+        step_size: PGD step size; default the module's ``val_attack``'s.
+        norm: threat model; default the module's ``val_attack``'s.
+        patience: stop training after this many evaluations without improvement; ``None``
+            (default, as the paper) never stops.
+        restore_best_weights: at the end of fit, load the best weights into the module, so that the
+            test after fit reports the early-stopped model ("RErr (early stop)" of papers/001 Table D).
+        dirpath: directory of the best-weights checkpoint; default ModelCheckpoint's directory,
+            else ``<log_dir>/checkpoints``.
+        filename: name of the best-weights checkpoint, without ``.ckpt``.
+    """
+
+    def __init__(self, every_n_epochs: int = 5, steps: int = 7, restarts: int = 5, epsilon: Optional[float] = None,
+                 step_size: Optional[float] = None, norm: Optional[Norm] = None, patience: Optional[int] = None,
+                 restore_best_weights: bool = False, dirpath: Optional[str] = None,
+                 filename: str = "early_stopping") -> None:
+        check(every_n_epochs >= 1, "every_n_epochs", every_n_epochs, "an integer >= 1")
+        check(patience is None or patience >= 1, "patience", patience, "an integer >= 1 or null (never stop)")
+        check(bool(filename) and os.sep not in filename, "filename", filename, "a file name without directory")
+        # the attack's own checks of every given setting, now; what is left unset comes from the module in setup
+        PGD(1.0 if epsilon is None else epsilon, 1.0 if step_size is None else step_size, steps, restarts=restarts,
+            norm=norm or "linf")
+        self.every_n_epochs = every_n_epochs
+        self.steps = steps
+        self.restarts = restarts
+        self.epsilon = epsilon
+        self.step_size = step_size
+        self.norm = norm
+        self.patience = patience
+        self.restore_best_weights = restore_best_weights
+        self.dirpath = dirpath
+        self.filename = filename
+        self.attack: Optional[PGD] = None
+        self.reuse_validation = False
+        self.best_rerr = math.inf
+        self.best_epoch = -1
+        self.wait_count = 0
+        self.best_model_path = ""
+        self._sums = torch.zeros(2)  # robust errors and examples of this validation, this process
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(every_n_epochs=self.every_n_epochs, steps=self.steps, restarts=self.restarts,
+                                        epsilon=self.epsilon, step_size=self.step_size, norm=self.norm,
+                                        filename=self.filename)
+
+    @override
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if stage != "fit":
+            return
+        reference = getattr(pl_module, "val_attack", None)
+
+        def setting(name: str, value: Any) -> Any:
+            if value is None and not hasattr(reference, name):
+                raise ConfigurationError(f"{name}=None is not allowed: RobustEarlyStopping needs {name} when the "
+                                         f"module has no val_attack to take it from.")
+            return getattr(reference, name) if value is None else value
+
+        self.attack = PGD(setting("epsilon", self.epsilon), setting("step_size", self.step_size), self.steps,
+                          restarts=self.restarts, norm=setting("norm", self.norm))
+        self.reuse_validation = type(reference) is PGD and vars(reference) == vars(self.attack)
+        how = "reuses the module's val/rerr" if self.reuse_validation else "attacks the validation batches itself"
+        rank_zero_info(f"RobustEarlyStopping: {self.attack} on the held-out split every {self.every_n_epochs} "
+                       f"epoch(s); {how}.")
+        every_val = trainer.check_val_every_n_epoch
+        if every_val and self.every_n_epochs % every_val:
+            rank_zero_warn(f"RobustEarlyStopping evaluates during validation, which runs every {every_val} epochs: "
+                           f"every_n_epochs={self.every_n_epochs} should be a multiple of it.")
+
+    def _evaluates(self, trainer: "pl.Trainer") -> bool:
+        return (self.attack is not None and not trainer.sanity_checking and trainer.state.fn == "fit"
+                and (trainer.current_epoch + 1) % self.every_n_epochs == 0)
+
+    @override
+    def on_validation_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._sums = torch.zeros(2, device=pl_module.device)
+
+    @override
+    def on_validation_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Attack this held-out batch, unless the module's validation already did (papers/001 Sec. F)."""
+        if self.reuse_validation or dataloader_idx != 0 or not self._evaluates(trainer):
+            return
+        x, y = batch
+        rerr = clean_and_robust(pl_module, x, y, self.attack)["rerr"]
+        self._sums += torch.stack([rerr.sum(), rerr.new_tensor(float(len(y)))])
+
+    @override
+    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """Keep the weights if their held-out RErr is the lowest so far; log; stop after ``patience``
+        evaluations without improvement (the early stopping of papers/001 Sec. F)."""
+        if not self._evaluates(trainer):
+            return
+        rerr = self._held_out_rerr(trainer)
+        epoch = trainer.current_epoch
+        improved = trainer.strategy.reduce_boolean_decision(rerr < self.best_rerr, all=True)
+        if improved:
+            self.best_rerr, self.best_epoch, self.wait_count = rerr, epoch, 0
+            self.best_model_path = os.path.join(self._resolve_dirpath(trainer), f"{self.filename}.ckpt")
+            trainer.save_checkpoint(self.best_model_path, weights_only=False)
+        else:
+            self.wait_count += 1
+        metrics = {"early_stopping/rerr": rerr, "early_stopping/best_rerr": self.best_rerr,
+                   "early_stopping/best_epoch": float(self.best_epoch)}
+        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        rank_zero_info(f"Epoch {epoch}: held-out robust error {rerr:.4f}, best {self.best_rerr:.4f} at epoch "
+                       f"{self.best_epoch} ({self.best_model_path}).")
+        should_stop = self.patience is not None and self.wait_count >= self.patience
+        if trainer.strategy.reduce_boolean_decision(should_stop, all=False):
+            trainer.should_stop = True
+            rank_zero_info(f"RobustEarlyStopping: no improvement in {self.wait_count} evaluations; stopping at "
+                           f"epoch {epoch}.")
+
+    def _held_out_rerr(self, trainer: "pl.Trainer") -> float:
+        """RErr of this validation: the module's ``val/rerr``, or this callback's sums over all processes."""
+        if self.reuse_validation:
+            if "val/rerr" not in trainer.callback_metrics:
+                raise RuntimeError("RobustEarlyStopping expected the module to log val/rerr in validation.")
+            return float(trainer.callback_metrics["val/rerr"])
+        rerr_sum, count = trainer.strategy.reduce(self._sums, reduce_op="sum").tolist()
+        return rerr_sum / max(count, 1.0)
+
+    def _resolve_dirpath(self, trainer: "pl.Trainer") -> str:
+        if self.dirpath is not None:
+            return self.dirpath
+        checkpoint_callback = trainer.checkpoint_callback
+        if checkpoint_callback is not None and checkpoint_callback.dirpath:
+            return checkpoint_callback.dirpath
+        return os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints")
+
+    @override
+    def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """Load the best weights when ``restore_best_weights`` (after weight averaging's ``on_train_end``)."""
+        if not self.restore_best_weights or not self.best_model_path:
+            return
+        checkpoint = torch.load(self.best_model_path, map_location=pl_module.device, weights_only=True)
+        pl_module.load_state_dict(checkpoint["state_dict"])
+        rank_zero_info(f"RobustEarlyStopping: restored the weights of epoch {self.best_epoch} (held-out robust "
+                       f"error {self.best_rerr:.4f}) from {self.best_model_path}.")
+
+    @override
+    def on_test_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self.best_epoch >= 0:
+            pl_module.log_dict({"early_stopping/best_rerr": self.best_rerr,
+                                "early_stopping/best_epoch": float(self.best_epoch)}, sync_dist=True)
+
+    @override
+    def state_dict(self) -> Dict[str, Any]:
+        return {"best_rerr": self.best_rerr, "best_epoch": self.best_epoch, "wait_count": self.wait_count,
+                "best_model_path": self.best_model_path}
+
+    @override
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self.best_rerr = state_dict["best_rerr"]
+        self.best_epoch = state_dict["best_epoch"]
+        self.wait_count = state_dict["wait_count"]
+        self.best_model_path = state_dict["best_model_path"]

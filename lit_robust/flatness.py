@@ -1,0 +1,449 @@
+"""Average-case and worst-case flatness of the robust loss (papers/003 Eq. 1-2; papers/001 Sec. D).
+
+With RLoss(x, y; w) = max_{||delta||_inf <= epsilon} L(f(x + delta; w + nu), y) (cross-entropy, PGD)
+and B_xi(w) the per-layer relative neighbourhood of :mod:`lit_robust.weights`:
+
+- average-case flatness in RLoss (papers/001 Eq. 3): E_nu[RLoss(w + nu)] - RLoss(w), nu drawn on
+  B_xi(w) with xi = 0.5, 10 fresh samples per batch, RLoss(w + nu) by PGD-20 with one restart and
+  the reference RLoss(w) by PGD-20 with 10 restarts (worst case per example);
+- worst-case flatness in RLoss (Eq. 5-7): max_{nu in B_xi(w)} RLoss(w + nu) - RLoss(w), xi = 0.003,
+  by joint gradient ascent on nu and delta per batch (20 iterations, nu's step normalised per layer
+  as in Eq. 2 with learning rate 0.001), the maximum over 10 restarts;
+- both in clean Loss: the same without delta (papers/001 Sec. D, "Flatness of Clean Loss Landscape").
+
+Everything runs in eval mode on the first 1000 examples of a loader (papers/001 Sec. F) and leaves
+the model exactly as it was: weights restored bit for bit, train/eval modes restored, ``.grad``
+never touched. Several weight perturbations can be evaluated in one pass (``parallel``): the
+perturbed copies of the selected tensors are stacked and the network is ``vmap``-ed over them with
+``torch.func.functional_call``; ``parallel=1`` evaluates one perturbation after another on the
+model itself, perturbing and restoring its weights in place, which needs no extra memory.
+
+Where the paper's public code differs from its text, the text is followed:
+
+- the code draws one weight perturbation per attempt for the whole evaluation set; the text draws
+  them per batch, "for comparability" with the worst case, and so does this module;
+- the code's worst-case example keeps one nu for all batches and uses weight learning rate 0.01;
+  the text optimises nu per batch with learning rate 0.001;
+- the code's examples compute the reference RLoss with a single PGD-20 run; the text uses PGD-20
+  with 10 restarts, worst case per example.
+"""
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Literal, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from lit_robust.attacks import PGD, Norm, per_example_loss, restore_modes
+from lit_robust.errors import check, check_choice
+from lit_robust.weights import Neighbourhood, Selection, names_and_weights, normalize_direction, perturbed
+
+Measure = Literal["avg_rloss", "worst_rloss", "avg_loss", "worst_loss"]
+MEASURES: Tuple[str, ...] = ("avg_rloss", "worst_rloss", "avg_loss", "worst_loss")
+LossKind = Literal["rloss", "loss"]
+Reduce = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class FlatnessResult:
+    """One flatness measure over a data set.
+
+    Attributes:
+        flatness: the measure, ``perturbed - reference``.
+        std: standard deviation of the measure over the weight samples (average case, papers/001
+            Fig. D) or over the restarts (worst case), each sample's loss averaged over all examples.
+        perturbed: the first term, E_nu[.] or max_nu[.], averaged over examples.
+        reference: the second term, RLoss (or Loss) at w, averaged over examples.
+        examples: number of examples it was measured on (over all processes).
+    """
+
+    flatness: float
+    std: float
+    perturbed: float
+    reference: float
+    examples: int
+
+
+class StackedNetwork(nn.Module):
+    """K copies of ``model`` at the weights w + nu_k, evaluated in one ``vmap``-ed call.
+
+    Takes the K inputs concatenated along the batch dimension, (K * B, ...), and returns the logits
+    the same way, so an attack written for one network (:class:`~lit_robust.attacks.PGD`) runs on
+    all K at once. The model's own tensors are not changed; the tensors outside B_xi(w) (batch
+    normalisation) and the buffers are shared by the K copies, so it is meant for eval mode.
+
+    Args:
+        model: the network.
+        names: the names of the perturbed tensors, as in ``model.named_parameters()``.
+        weights: the tensors w, in the same order.
+        nus: per tensor, the K perturbations stacked along a new first dimension.
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[str], weights: Sequence[Tensor],
+                 nus: Sequence[Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.copies = nus[0].shape[0]
+        self.stacked = {name: w.detach() + nu.to(w.dtype) for name, w, nu in zip(names, weights, nus)}
+
+    def forward(self, x: Tensor) -> Tensor:
+        per_copy = x.reshape(self.copies, -1, *x.shape[1:])
+        return vmap(self._one)(self.stacked, per_copy).flatten(0, 1)
+
+    def _one(self, parameters: Dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(self.model, parameters, (x,))
+
+    def repeat(self, t: Tensor) -> Tensor:
+        """``t`` once per copy, concatenated along the batch dimension."""
+        return t.repeat(self.copies, *([1] * (t.dim() - 1)))
+
+
+def stack(nus: Sequence[Sequence[Tensor]]) -> List[Tensor]:
+    """K perturbations (each one tensor per layer) -> one tensor per layer with K rows."""
+    return [torch.stack(layer) for layer in zip(*nus)]
+
+
+def loss_of(model: nn.Module, x: Tensor, y: Tensor, attack: Optional[PGD]) -> Tensor:
+    """Per-example RLoss by ``attack`` (worst case over its restarts), or clean Loss when ``attack`` is None."""
+    if attack is None:
+        with torch.no_grad():
+            return per_example_loss(model(x), y)
+    return attack.run(model, x, y).loss
+
+
+def losses_at(model: nn.Module, names: Sequence[str], weights: Sequence[Tensor], nus: Sequence[Sequence[Tensor]],
+              x: Tensor, y: Tensor, attack: Optional[PGD], parallel: int) -> Tensor:
+    """Per-example RLoss (or Loss) at each w + nu_k, shape (K, B) (papers/001 Eq. 3, first term).
+
+    Args:
+        model: the network, in the mode to evaluate it in.
+        names: names of the perturbed tensors.
+        weights: the tensors w.
+        nus: K perturbations, each one tensor per layer.
+        x: inputs, (B, ...).
+        y: labels, (B,).
+        attack: input attack for RLoss (a fresh attack per perturbation), or None for clean Loss.
+        parallel: perturbations per ``vmap``-ed pass; 1 evaluates them one by one on the model
+            itself, perturbing its weights in place and restoring them (as is any single one).
+    """
+    rows = []
+    for start in range(0, len(nus), parallel):
+        chunk = nus[start:start + parallel]
+        if len(chunk) == 1:
+            with perturbed(weights, chunk[0]):
+                rows.append(loss_of(model, x, y, attack).unsqueeze(0))
+        else:
+            network = StackedNetwork(model, names, weights, stack(chunk))
+            rows.append(loss_of(network, network.repeat(x), network.repeat(y), attack).view(len(chunk), -1))
+    return torch.cat(rows)
+
+
+def joint_ascent(model: nn.Module, names: Sequence[str], weights: Sequence[Tensor], neighbourhood: Neighbourhood,
+                 x: Tensor, y: Tensor, attack: Optional[PGD], iterations: int, lr: float, restarts: int,
+                 parallel: int, generator: Optional[torch.Generator] = None) -> Tuple[Tensor, List[List[Tensor]]]:
+    """Worst-case weight perturbations by joint ascent on nu and delta (papers/001 Eq. 5-7).
+
+    Per restart: a random nu in B_xi(w) and a random delta in the epsilon-ball; then ``iterations``
+    times the gradients of sum_b L(f(x_b + delta_b; w + nu), y_b) with respect to nu (Eq. 6) and
+    delta (Eq. 7), nu += lr * (its gradient normalised per layer as in Eq. 2, i.e. to norm
+    ||w_l||), delta += the attack's ascent step (signed gradient), and both projected, nu per layer
+    onto B_xi(w) and delta onto the epsilon-ball and [0, 1]. The loss is then evaluated at the final
+    (nu, delta).
+
+    Args:
+        model: the network, in the mode to evaluate it in.
+        names: names of the perturbed tensors.
+        weights: the tensors w.
+        neighbourhood: B_xi(w) around ``weights``.
+        x: inputs, (B, ...).
+        y: labels, (B,).
+        attack: gives epsilon, step size, norm and random start of delta; None for clean Loss (no delta).
+        iterations: ascent iterations (20 in the paper).
+        lr: learning rate of nu (0.001 in the paper).
+        restarts: independent restarts (10 in the paper).
+        parallel: restarts per ``vmap``-ed pass; 1 runs them one by one on the model itself.
+        generator: random-number generator for the initial nu.
+
+    Returns:
+        The mean loss over the batch at the end of each restart, shape (restarts,), and the final
+        nu of each restart.
+    """
+    means, found = [], []
+    for start in range(0, restarts, parallel):
+        count = min(parallel, restarts - start)
+        nus = [neighbourhood.sample_inside(generator) for _ in range(count)]
+        if count == 1:
+            mean, nu = _ascent_in_place(model, weights, neighbourhood, nus[0], x, y, attack, iterations, lr)
+            means.append(mean.unsqueeze(0))
+            found.append(nu)
+        else:
+            mean, nu = _ascent_stacked(model, names, weights, neighbourhood, stack(nus), x, y, attack, iterations, lr)
+            means.append(mean)
+            found.extend([[layer[k] for layer in nu] for k in range(count)])
+    return torch.cat(means), found
+
+
+def _ascent_in_place(model, weights, neighbourhood, nu, x, y, attack, iterations, lr):
+    delta = attack.initial_delta(x) if attack is not None else None
+    weights = list(weights)
+    for _ in range(iterations):
+        with perturbed(weights, nu):
+            inputs = x if delta is None else x + delta.requires_grad_(True)
+            loss = per_example_loss(model(inputs), y).sum()
+            # the gradient with respect to nu is the gradient with respect to the weights at w + nu
+            grads = torch.autograd.grad(loss, weights + ([] if delta is None else [delta]))
+        step = normalize_direction(grads[:len(weights)], weights, per="layer", scale=lr)
+        nu = neighbourhood.project([n + s for n, s in zip(nu, step)])
+        if delta is not None:
+            delta = attack.project(x, attack.ascent(delta.detach(), grads[-1]))
+    with perturbed(weights, nu), torch.no_grad():
+        final = per_example_loss(model(x if delta is None else x + delta), y)
+    return final.mean(), nu
+
+
+def _ascent_stacked(model, names, weights, neighbourhood, nu, x, y, attack, iterations, lr):
+    copies = nu[0].shape[0]
+    xs = x.repeat(copies, *([1] * (x.dim() - 1)))
+    ys = y.repeat(copies)
+    delta = attack.initial_delta(xs) if attack is not None else None
+    normalize = vmap(lambda g: normalize_direction(g, weights, per="layer", scale=lr))
+    project = vmap(neighbourhood.project)
+    for _ in range(iterations):
+        nu = [n.detach().requires_grad_(True) for n in nu]
+        inputs = xs if delta is None else xs + delta.requires_grad_(True)
+        loss = per_example_loss(StackedNetwork(model, names, weights, nu)(inputs), ys).sum()
+        grads = torch.autograd.grad(loss, nu + ([] if delta is None else [delta]))
+        step = normalize(list(grads[:len(nu)]))
+        nu = project([n.detach() + s for n, s in zip(nu, step)])
+        if delta is not None:
+            delta = attack.project(xs, attack.ascent(delta.detach(), grads[-1]))
+    with torch.no_grad():
+        final = per_example_loss(StackedNetwork(model, names, weights, nu)(xs if delta is None else xs + delta), ys)
+    return final.view(copies, -1).mean(dim=1), nu
+
+
+class FlatnessMeasures:
+    """The settings of the four flatness measures; called with a model and a loader it measures them.
+
+    Defaults are the paper's (papers/001 Sec. D, F). The reference RLoss(w) is computed once per
+    batch and shared by the average- and the worst-case measure.
+
+    Args:
+        epsilon: radius of the input threat model (8/255 on CIFAR-10).
+        step_size: PGD step size (0.007), also delta's step in the worst-case ascent.
+        norm: input threat model, ``"linf"`` or ``"l2"``.
+        random_start: PGD and the worst-case ascent start at a random delta in the ball (the paper's
+            setting); False starts at delta = 0, which makes results deterministic given the nu.
+        reference_steps: PGD iterations of the reference RLoss(w) (20).
+        reference_restarts: PGD restarts of the reference, worst case per example (10).
+        average_xi: xi of average-case flatness (0.5).
+        samples: random weight perturbations per batch (10).
+        average_steps: PGD iterations on each perturbed network (20).
+        average_restarts: PGD restarts on each perturbed network (1).
+        worst_xi: xi of worst-case flatness (0.003).
+        worst_iterations: iterations of the joint ascent (20).
+        worst_restarts: restarts of the joint ascent, maximum taken per batch (10).
+        worst_lr: learning rate of nu, after normalising its gradient per layer (0.001).
+        max_examples: use at most this many examples from the start of the loader (1000).
+        parallel: weight perturbations evaluated in one ``vmap``-ed pass; 1 for the sequential path.
+        which: tensors that make up B_xi(w), see :func:`~lit_robust.weights.select_parameters`.
+    """
+
+    def __init__(self, epsilon: float = 8 / 255, step_size: float = 0.007, norm: Norm = "linf",
+                 random_start: bool = True, reference_steps: int = 20, reference_restarts: int = 10,
+                 average_xi: float = 0.5, samples: int = 10, average_steps: int = 20, average_restarts: int = 1,
+                 worst_xi: float = 0.003, worst_iterations: int = 20, worst_restarts: int = 10,
+                 worst_lr: float = 0.001, max_examples: Optional[int] = 1000, parallel: int = 10,
+                 which: Selection = "all") -> None:
+        for name, value in (("samples", samples), ("worst_iterations", worst_iterations),
+                            ("worst_restarts", worst_restarts), ("parallel", parallel)):
+            check(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
+        check(average_xi > 0, "average_xi", average_xi, "a number > 0 (relative radius per layer)")
+        check(worst_xi > 0, "worst_xi", worst_xi, "a number > 0 (relative radius per layer)")
+        check(worst_lr > 0, "worst_lr", worst_lr, "a number > 0")
+        check(max_examples is None or max_examples >= 1, "max_examples", max_examples, "None or an integer >= 1")
+        check_choice(which, "which", ("all", "weights"))
+        self.reference_attack = PGD(epsilon, step_size, reference_steps, restarts=reference_restarts, norm=norm,
+                                    random_start=random_start)
+        self.average_attack = PGD(epsilon, step_size, average_steps, restarts=average_restarts, norm=norm,
+                                  random_start=random_start)
+        self.average_xi, self.samples = average_xi, samples
+        self.worst_xi, self.worst_iterations, self.worst_restarts, self.worst_lr = (
+            worst_xi, worst_iterations, worst_restarts, worst_lr)
+        self.max_examples, self.parallel, self.which = max_examples, parallel, which
+
+    def __call__(self, model: nn.Module, loader: Iterable, measures: Sequence[Measure] = MEASURES,
+                 reduce: Optional[Reduce] = None,
+                 generator: Optional[torch.Generator] = None) -> Dict[str, FlatnessResult]:
+        """Measure ``measures`` of ``model`` on the examples of ``loader``.
+
+        Args:
+            model: the network, taking [0, 1] images and returning logits.
+            loader: batches ``(x, y)``; the first ``max_examples`` examples are used.
+            measures: any of ``"avg_rloss"``, ``"worst_rloss"``, ``"avg_loss"``, ``"worst_loss"``.
+            reduce: sums a tensor over processes (e.g. ``trainer.strategy.reduce`` with ``"sum"``);
+                each process passes its own share of the examples and all get the same result.
+            generator: random-number generator for the weight perturbations (PGD's random starts
+                use the global one).
+
+        Returns:
+            One :class:`FlatnessResult` per measure.
+        """
+        for measure in measures:
+            check_choice(measure, "measures", MEASURES)
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                "flatness needs gradients but was called under torch.inference_mode(); run the Trainer "
+                "with inference_mode=False (train.py does) or call it outside inference mode.")
+        names, weights = names_and_weights(model, self.which)
+        average = Neighbourhood(weights, self.average_xi)
+        worst = Neighbourhood(weights, self.worst_xi)
+        device = weights[0].device
+        totals: Dict[str, Tensor] = {}
+
+        def add(key: str, value: Tensor) -> None:
+            totals[key] = totals.get(key, 0) + value.detach().double()
+
+        kinds = {measure.split("_")[1] for measure in measures}
+        with restore_modes(model, False), torch.enable_grad():
+            for x, y in self._batches(loader):
+                x, y = x.to(device), y.to(device)
+                add("count", torch.tensor(float(len(y)), device=device))
+                references = {kind: loss_of(model, x, y, self.reference_attack if kind == "rloss" else None)
+                              for kind in kinds}
+                for measure in measures:
+                    case, kind = measure.split("_")
+                    attack = self.average_attack if kind == "rloss" else None
+                    add(f"{measure}/reference", references[kind].sum())
+                    if case == "avg":
+                        nus = [average.sample(generator) for _ in range(self.samples)]
+                        losses = losses_at(model, names, weights, nus, x, y, attack, self.parallel)
+                        add(f"{measure}/samples", losses.sum(dim=1))
+                    else:
+                        means, _ = joint_ascent(model, names, weights, worst, x, y, attack, self.worst_iterations,
+                                                self.worst_lr, self.worst_restarts, self.parallel, generator)
+                        add(f"{measure}/samples", means * len(y))
+                        add(f"{measure}/max", means.max() * len(y))
+        return self._results(totals, measures, reduce, device)
+
+    def _batches(self, loader: Iterable) -> Iterable[Tuple[Tensor, Tensor]]:
+        seen = 0
+        for x, y in loader:
+            if self.max_examples is not None:
+                x, y = x[:self.max_examples - seen], y[:self.max_examples - seen]
+            if len(y) == 0:
+                return
+            seen += len(y)
+            yield x, y
+
+    def _results(self, totals: Dict[str, Tensor], measures: Sequence[str], reduce: Optional[Reduce],
+                 device: torch.device) -> Dict[str, FlatnessResult]:
+        layout = [("count", 1)]
+        for measure in measures:
+            samples = self.samples if measure.startswith("avg") else self.worst_restarts
+            layout += [(f"{measure}/reference", 1), (f"{measure}/samples", samples)]
+            if measure.startswith("worst"):
+                layout.append((f"{measure}/max", 1))
+        # one flat vector so that a single collective sums every total over the processes
+        flat = torch.cat([totals.get(key, torch.zeros(size, device=device, dtype=torch.float64)).reshape(size)
+                          for key, size in layout])
+        if reduce is not None:
+            flat = reduce(flat)
+        values, offset = {}, 0
+        for key, size in layout:
+            values[key], offset = flat[offset:offset + size], offset + size
+        count = float(values["count"])
+        if count == 0:
+            raise ValueError("flatness was asked for on a loader without examples")
+        results = {}
+        for measure in measures:
+            reference = float(values[f"{measure}/reference"]) / count
+            per_sample = values[f"{measure}/samples"] / count
+            first = per_sample.mean() if measure.startswith("avg") else values[f"{measure}/max"][0] / count
+            results[measure] = FlatnessResult(flatness=float(first) - reference,
+                                              std=float(per_sample.std(correction=0)),
+                                              perturbed=float(first), reference=reference, examples=int(count))
+        return results
+
+
+def average_case_flatness(model: nn.Module, loader: Iterable, xi: float = 0.5, samples: int = 10,
+                          loss: LossKind = "rloss", epsilon: float = 8 / 255, step_size: float = 0.007,
+                          steps: int = 20, restarts: int = 1, reference_steps: int = 20, reference_restarts: int = 10,
+                          norm: Norm = "linf", random_start: bool = True, max_examples: Optional[int] = 1000,
+                          parallel: int = 10, which: Selection = "all", reduce: Optional[Reduce] = None,
+                          generator: Optional[torch.Generator] = None) -> FlatnessResult:
+    """Average-case flatness, E_nu[RLoss(w + nu)] - RLoss(w) (papers/003 Eq. 1; papers/001 Eq. 3).
+
+    Per batch, ``samples`` fresh nu uniformly on the per-layer sphere of B_xi(w) (papers/003 Eq. 2);
+    RLoss(w + nu) by PGD with ``steps`` iterations and ``restarts`` restarts, RLoss(w) by PGD with
+    ``reference_steps`` and ``reference_restarts`` (worst case per example). With ``loss="loss"``
+    the clean cross-entropy instead. The standard deviation is over the samples (papers/001 Fig. D).
+
+    Args:
+        model: the network; left exactly as it was.
+        loader: batches ``(x, y)`` of [0, 1] images and labels.
+        xi: relative radius of B_xi(w) (0.5).
+        samples: weight perturbations per batch (10).
+        loss: ``"rloss"`` (robust loss) or ``"loss"`` (clean loss).
+        epsilon: radius of the input threat model.
+        step_size: PGD step size.
+        steps: PGD iterations on each perturbed network (20).
+        restarts: PGD restarts on each perturbed network (1).
+        reference_steps: PGD iterations of the reference (20).
+        reference_restarts: PGD restarts of the reference (10).
+        norm: input threat model.
+        random_start: PGD starts at a random point of the ball.
+        max_examples: at most this many examples from the start of the loader (1000).
+        parallel: perturbations per ``vmap``-ed pass; 1 for the sequential path.
+        which: tensors that make up B_xi(w).
+        reduce: sums a tensor over processes (for data-parallel evaluation).
+        generator: random-number generator for nu.
+    """
+    check_choice(loss, "loss", ("rloss", "loss"))
+    measures = FlatnessMeasures(epsilon=epsilon, step_size=step_size, norm=norm, random_start=random_start,
+                                reference_steps=reference_steps, reference_restarts=reference_restarts,
+                                average_xi=xi, samples=samples, average_steps=steps, average_restarts=restarts,
+                                max_examples=max_examples, parallel=parallel, which=which)
+    return measures(model, loader, (f"avg_{loss}",), reduce, generator)[f"avg_{loss}"]
+
+
+def worst_case_flatness(model: nn.Module, loader: Iterable, xi: float = 0.003, iterations: int = 20,
+                        restarts: int = 10, lr: float = 0.001, loss: LossKind = "rloss", epsilon: float = 8 / 255,
+                        step_size: float = 0.007, reference_steps: int = 20, reference_restarts: int = 10,
+                        norm: Norm = "linf", random_start: bool = True, max_examples: Optional[int] = 1000,
+                        parallel: int = 10, which: Selection = "all", reduce: Optional[Reduce] = None,
+                        generator: Optional[torch.Generator] = None) -> FlatnessResult:
+    """Worst-case flatness, max_{nu in B_xi(w)} RLoss(w + nu) - RLoss(w) (papers/001 Eq. 5-7).
+
+    Per batch, :func:`joint_ascent` on nu and delta with ``restarts`` restarts; the batch's maximum
+    over the restarts of the mean loss is the first term. The reference is RLoss(w) by PGD with
+    ``reference_steps`` and ``reference_restarts`` (worst case per example). With ``loss="loss"``
+    the clean cross-entropy, ascent on nu alone. The standard deviation is over the restarts.
+
+    Args:
+        model: the network; left exactly as it was.
+        loader: batches ``(x, y)`` of [0, 1] images and labels.
+        xi: relative radius of B_xi(w) (0.003).
+        iterations: ascent iterations (20).
+        restarts: restarts per batch, maximum taken (10).
+        lr: learning rate of nu after per-layer normalisation of its gradient (0.001).
+        loss: ``"rloss"`` (robust loss) or ``"loss"`` (clean loss).
+        epsilon: radius of the input threat model.
+        step_size: delta's step (signed gradient for L-inf), as PGD's.
+        reference_steps: PGD iterations of the reference (20).
+        reference_restarts: PGD restarts of the reference (10).
+        norm: input threat model.
+        random_start: delta starts at a random point of the ball.
+        max_examples: at most this many examples from the start of the loader (1000).
+        parallel: restarts per ``vmap``-ed pass; 1 for the sequential path.
+        which: tensors that make up B_xi(w).
+        reduce: sums a tensor over processes (for data-parallel evaluation).
+        generator: random-number generator for the initial nu.
+    """
+    check_choice(loss, "loss", ("rloss", "loss"))
+    measures = FlatnessMeasures(epsilon=epsilon, step_size=step_size, norm=norm, random_start=random_start,
+                                reference_steps=reference_steps, reference_restarts=reference_restarts,
+                                worst_xi=xi, worst_iterations=iterations, worst_restarts=restarts, worst_lr=lr,
+                                max_examples=max_examples, parallel=parallel, which=which)
+    return measures(model, loader, (f"worst_{loss}",), reduce, generator)[f"worst_{loss}"]

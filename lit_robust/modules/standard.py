@@ -1,0 +1,35 @@
+"""Standard (clean) training, the reference point of every comparison (papers/001 Sec. F)."""
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lit_robust.modules.base import AdversarialModule
+
+
+class StandardTraining(AdversarialModule):
+    """min_w E[CE(f(x; w), y)] on clean examples only; no training attack.
+
+    Validation and test are the same as for every other variant (clean and PGD), so its robust
+    error is measured, not trained for. Logs ``train/loss`` and ``train/err`` (clean).
+
+    Per training step: 1 forward pass, 1 full backward pass.
+
+    Args:
+        **kwargs: :class:`~lit_robust.modules.base.AdversarialModule` arguments (``train_steps`` unused).
+    """
+
+    def make_train_attack(self) -> None:
+        """No training attack."""
+        return None
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        logits = self.model(x)
+        loss = self.add_l1_penalty(F.cross_entropy(logits, y))
+        with torch.no_grad():
+            err = (logits.argmax(dim=1) != y).float().mean()
+        self.log_dict({"train/loss": loss.detach(), "train/err": err}, on_step=True, on_epoch=True)
+        return loss

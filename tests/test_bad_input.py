@@ -1,0 +1,126 @@
+"""Wrong configurations through train.py: each ends with a non-zero exit status and one readable
+``error:`` line naming the setting, no traceback, and nothing written or overwritten in the log
+directory (which holds an earlier run)."""
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import torch
+from torchvision.datasets import CIFAR10
+
+from lit_robust.models import SmallCNN
+from lit_robust.modules import PGDAT
+from tests.conftest import ROOT, run_train
+
+AT = os.path.join(ROOT, "configs", "digits", "at.yaml")
+AWP = os.path.join(ROOT, "configs", "digits", "awp.yaml")
+UNLABELED = os.path.join(ROOT, "configs", "digits", "unlabeled_at.yaml")
+
+
+def corrupt_cifar10(directory):
+    """Every file of CIFAR-10's python version, each filled with bytes that are not the data set."""
+    folder = directory / CIFAR10.base_folder
+    folder.mkdir(parents=True)
+    for name, _ in CIFAR10.train_list + CIFAR10.test_list + [(CIFAR10.meta["filename"], None)]:
+        (folder / name).write_bytes(b"\x00not cifar\x00" * 100)
+    return directory
+
+
+def wrong_shape_pseudo_labels(directory):
+    """Pseudo-labelled images of shape (N, 8, 8, 3) for grey-scale 8x8 digits."""
+    path = directory / "pseudo.npz"
+    np.savez(path, images=np.zeros((16, 8, 8, 3), np.uint8), labels=np.zeros(16, np.int64))
+    return path
+
+
+def other_model_checkpoint(directory):
+    """A checkpoint of PGDAT with an 8-channel SmallCNN (the digits recipe has 32 channels)."""
+    path = directory / "other.ckpt"
+    torch.save({"state_dict": PGDAT(SmallCNN(width=8)).state_dict(), "pytorch-lightning_version": "2.6.0"}, path)
+    return path
+
+
+def not_a_checkpoint(directory):
+    path = directory / "notes.ckpt"
+    path.write_text("not a checkpoint")
+    return path
+
+
+CALLBACK = "--trainer.callbacks+={}"
+# (setting the message must name, arguments after "fit", a function making a file the arguments name)
+TABLE = [
+    ("epsilon", ["--config", AT, "--model.init_args.epsilon", "-0.1"], None),
+    ("step_size", ["--config", AT, "--model.init_args.step_size", "0"], None),
+    ("train_steps", ["--config", AT, "--model.init_args.train_steps", "0"], None),
+    ("val_restarts", ["--config", AT, "--model.init_args.val_restarts", "0"], None),
+    ("activation", ["--config", AT, "--model.init_args.model.init_args.activation", "swishy"], None),
+    ("norm", ["--config", AT, "--model.init_args.norm", "l3"], None),
+    ("model", ["--config", AT, "--model.class_path", "lit_robust.modules.NoSuchTraining"], None),
+    ("data", ["--config", AT, "--data.class_path", "lit_robust.data.ImageNetDataModule"], None),
+    ("data_dir", ["--config", AT, "--data.class_path", "lit_robust.data.CIFAR10DataModule",
+                  "--data.init_args.data_dir", "{tmp}/nowhere"], None),
+    ("data_dir", ["--config", AT, "--data.class_path", "lit_robust.data.CIFAR10DataModule",
+                  "--data.init_args.data_dir", "{file}"], corrupt_cifar10),
+    ("label_noise", ["--config", AT, "--model.init_args.label_noise", "1.5"], None),
+    ("label_smoothing", ["--config", AT, "--model.init_args.label_smoothing", "-0.1"], None),
+    ("decay", ["--config", AT, CALLBACK.format("callbacks.WeightAveraging"), "--trainer.callbacks.decay", "1.0"],
+     None),
+    ("decay", ["--config", AT, CALLBACK.format("callbacks.WeightAveraging"), "--trainer.callbacks.decay", "-0.5"],
+     None),
+    ("max_value", ["--config", AT, CALLBACK.format("callbacks.WeightClipping"), "--trainer.callbacks.max_value", "0"],
+     None),
+    ("every_n_epochs", ["--config", AT, CALLBACK.format("callbacks.RobustEarlyStopping"),
+                        "--trainer.callbacks.every_n_epochs", "0"], None),
+    ("patience", ["--config", AT, CALLBACK.format("callbacks.RobustEarlyStopping"),
+                  "--trainer.callbacks.patience", "0"], None),
+    ("xi", ["--config", AWP, "--model.init_args.xi", "-0.01"], None),
+    ("average_xi", ["--config", AT, CALLBACK.format("callbacks.flatness_monitor.FlatnessMonitor"),
+                    "--trainer.callbacks.average_xi", "-0.5"], None),
+    ("pseudo_labeled_path", ["--config", UNLABELED, "--data.init_args.pseudo_labeled_path", "{file}"],
+     wrong_shape_pseudo_labels),
+    ("ckpt_path", ["--config", AT, "--ckpt_path", "{file}"], other_model_checkpoint),
+    ("ckpt_path", ["--config", AT, "--ckpt_path", "{file}"], not_a_checkpoint),
+    ("ckpt_path", ["--config", AT, "--ckpt_path", "{tmp}/missing.ckpt"], None),
+    ("held_out_size", ["--config", AT, "--data.init_args.held_out_size", "1700"], None),
+    ("batch_size", ["--config", AT, "--data.init_args.batch_size", "0"], None),
+    ("max_epochs", ["--config", AT, "--trainer.max_epochs", "many"], None),
+    ("epsilonn", ["--config", AT, "--model.init_args.epsilonn", "0.1"], None),
+    ("config", ["--config", "{tmp}/no_such_config.yaml"], None),
+]
+
+
+def log_directory_state(root):
+    state = {}
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                state[path] = (os.stat(path).st_mtime_ns, hashlib.sha256(f.read()).hexdigest())
+        state[directory] = None
+    return state
+
+
+@pytest.mark.parametrize("setting, arguments, make", TABLE,
+                         ids=[f"{i:02d}-{row[0]}" for i, row in enumerate(TABLE)])
+def test_bad_input_is_one_message_and_nothing_written(tmp_path, capsys, setting, arguments, make):
+    earlier_run = tmp_path / "logs" / "digits_at" / "version_0"
+    earlier_run.mkdir(parents=True)
+    (earlier_run / "config.yaml").write_text("an earlier run\n")
+    (earlier_run / "metrics.json").write_text("{}\n")
+    before = log_directory_state(tmp_path / "logs")
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    file = make(inputs) if make else None
+    arguments = [a.format(tmp=inputs, file=file) for a in arguments]
+
+    code = run_train(["fit"] + arguments, cwd=str(tmp_path))
+
+    err = capsys.readouterr().err
+    assert code not in (0, None)
+    assert "Traceback" not in err, err
+    messages = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(messages) == 1, err
+    assert setting in messages[0], messages[0]
+    assert log_directory_state(tmp_path / "logs") == before

@@ -1,0 +1,37 @@
+"""A non-finite training loss stops train.py at once, with one message naming the epoch, the step and the
+last good checkpoint, which is kept (finite weights, nothing written after it)."""
+
+import os
+import re
+
+import torch
+
+from tests.conftest import ROOT, run_train
+
+CONFIG = os.path.join(ROOT, "configs", "digits", "at.yaml")
+# the learning rate jumps to 5e36 after epoch 0: the weights overflow within a step or two of epoch 1
+EXPLODE = ["--lr_scheduler.init_args.milestones", "[1]", "--lr_scheduler.init_args.gamma", "1e38",
+           "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2",
+           "--trainer.enable_progress_bar", "false", "--model.init_args.model.init_args.width", "4",
+           "--model.init_args.train_steps", "1", "--model.init_args.val_steps", "1"]
+
+
+def test_nonfinite_loss_stops_with_step_and_last_good_checkpoint(tmp_path, capsys):
+    code = run_train(["fit", "--config", CONFIG] + EXPLODE, cwd=str(tmp_path))
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback" not in err
+    messages = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(messages) == 1, err
+    match = re.search(r"non-finite training loss .* at epoch (\d+), global step (\d+);.*Last good checkpoint "
+                      r"\(kept\): (\S+)\.$", messages[0])
+    assert match, messages[0]
+    epoch, step, path = int(match.group(1)), int(match.group(2)), match.group(3)
+    assert epoch == 1 and 3 <= step < 6  # in the epoch where the learning rate exploded, not later
+
+    checkpoint_dir = tmp_path / "logs" / "digits_at" / "version_0" / "checkpoints"
+    assert os.listdir(checkpoint_dir) == ["epoch=0-step=3.ckpt"]  # nothing saved after the last good one
+    assert os.path.samefile(os.path.join(str(tmp_path), path), checkpoint_dir / "epoch=0-step=3.ckpt")
+    saved = torch.load(checkpoint_dir / "epoch=0-step=3.ckpt", weights_only=True)
+    assert all(torch.isfinite(value).all() for value in saved["state_dict"].values())
+    assert not (tmp_path / "logs" / "digits_at" / "version_0" / "metrics.json").exists()  # no test after a failure

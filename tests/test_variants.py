@@ -1,0 +1,133 @@
+"""Every AT variant of this file's list: its pass count, training on digits, bad settings, DDP.
+
+The pass counts are the ones the variants' docstrings state; they fail if a variant does a forward
+or backward pass beyond its algorithm.
+"""
+
+import os
+
+import pytest
+import torch
+from pytorch_lightning import Callback, Trainer
+from torch import nn
+
+from lit_robust.errors import ConfigurationError
+from lit_robust.models import SmallCNN
+from lit_robust.modules import AMP, AWP, MART, PGDAT, TRADES, FastAT, StandardTraining
+
+SMALL_ATTACKS = dict(epsilon=0.1, step_size=0.025, val_steps=3, val_restarts=1, test_steps=5, test_restarts=2)
+
+
+def count_passes(module, batch):
+    """(forward passes, backward passes reaching the input, backward passes reaching the weights) of one step."""
+    counts = {"forward": 0, "input": 0, "weights": 0}
+
+    def bump(key):
+        counts[key] += 1
+
+    def pre_hook(_, args):
+        bump("forward")
+        if args[0].requires_grad:
+            args[0].register_hook(lambda grad: bump("input"))
+
+    module.model.register_forward_pre_hook(pre_hook)
+    first_weight = next(module.model.parameters())
+    first_weight.register_hook(lambda grad: bump("weights"))
+    module.log_dict = lambda *a, **k: None
+    module.training_step(batch, 0).backward()
+    return counts["forward"], counts["input"], counts["weights"]
+
+
+@pytest.mark.parametrize("cls, kwargs, expected", [
+    (PGDAT, {}, (8, 7, 1)),
+    (TRADES, {}, (10, 7, 1)),  # + the attack's clean target, + clean pass of the update
+    (MART, {}, (9, 7, 1)),  # + clean pass of the update
+    (AWP, {}, (9, 7, 2)),  # + ascent pass at w
+    (AWP, dict(base_loss="trades"), (12, 7, 2)),
+    (AMP, {}, (9, 7, 2)),  # N = 1: N (K + 1) + 1
+    (AMP, dict(inner_iterations=2), (17, 14, 3)),
+    (FastAT, {}, (2, 1, 1)),
+    (StandardTraining, {}, (1, 0, 1)),
+], ids=lambda v: v.__name__ if isinstance(v, type) else None)
+def test_passes_per_step_with_pgd7(cls, kwargs, expected, digits):
+    torch.manual_seed(0)
+    module = cls(SmallCNN(width=8), train_steps=7, **SMALL_ATTACKS, **kwargs)
+    assert count_passes(module, next(iter(digits.train_dataloader()))) == expected
+
+
+def step_and_attack(module, batch):
+    """One training step of ``module`` in train mode; its loss and what its training attack returned."""
+    module.train()
+    module.log_dict = lambda *a, **k: None
+    seen = {}
+    original = module.train_attack.run
+    module.train_attack.run = lambda *a, **k: seen.__setitem__("result", original(*a, **k)) or seen["result"]
+    return module.training_step(batch, 0), seen["result"]
+
+
+def small_network():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def fit_and_test(module, datamodule, root, max_epochs=4):
+    """Train ``module`` in one CPU process without validation, then test it; the test metrics."""
+    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, enable_model_summary=False, inference_mode=False,
+                      limit_val_batches=0, default_root_dir=str(root))
+    trainer.fit(module, datamodule=datamodule)
+    return trainer.test(module, datamodule=datamodule, verbose=False)[0]
+
+
+@pytest.mark.parametrize("cls", [TRADES, MART, AWP, AMP, FastAT], ids=lambda c: c.__name__)
+def test_trains_robust_on_digits(cls, digits, tmp_path):
+    torch.manual_seed(0)
+    module = cls(small_network(), train_steps=3, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3), **SMALL_ATTACKS)
+    result = fit_and_test(module, digits, tmp_path)
+    assert result["test/rerr_pgd"] < 0.6, result  # chance is 0.9
+
+
+def test_standard_training_is_accurate_but_not_robust(digits, tmp_path):
+    torch.manual_seed(0)
+    module = StandardTraining(small_network(), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3), **SMALL_ATTACKS)
+    result = fit_and_test(module, digits, tmp_path)
+    assert result["test/err"] < 0.2, result
+    assert result["test/rerr_pgd"] > result["test/err"] + 0.2, result
+
+
+@pytest.mark.parametrize("cls, kwargs, setting", [
+    (TRADES, dict(lam=-1.0), "lam"), (MART, dict(lam=-1.0), "lam"),
+    (AWP, dict(xi=0.0), "xi"), (AWP, dict(lam=-1.0), "lam"), (AWP, dict(which="biases"), "which"),
+    (AWP, dict(base_loss="pgd"), "base_loss"),
+    (AMP, dict(delta=-0.1), "delta"), (AMP, dict(xi=0.0), "xi"), (AMP, dict(inner_iterations=0), "inner_iterations"),
+    (AMP, dict(base_loss="awp"), "base_loss"), (FastAT, dict(step_factor=0.0), "step_factor"),
+    (FastAT, dict(norm="l2"), "norm"),
+])
+def test_bad_settings_fail_at_construction(cls, kwargs, setting):
+    with pytest.raises(ConfigurationError, match=f"^{setting}="):
+        cls(SmallCNN(width=8), **kwargs)
+
+
+class SaveWeightsPerRank(Callback):
+    """Writes this process's final weights to ``rank<r>.pt`` in ``directory``."""
+
+    def __init__(self, directory):
+        self.directory = directory
+
+    def on_train_end(self, trainer, pl_module):
+        weights = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
+        torch.save(weights, os.path.join(self.directory, f"rank{trainer.global_rank}.pt"))
+
+
+@pytest.mark.parametrize("cls", [AWP, AMP], ids=lambda c: c.__name__)
+def test_two_process_ddp_keeps_weights_identical(cls, digits, tmp_path):
+    torch.manual_seed(0)
+    module = cls(SmallCNN(width=4), train_steps=2, **SMALL_ATTACKS)
+    trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, limit_train_batches=3,
+                      limit_val_batches=0, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                      enable_model_summary=False, inference_mode=False, default_root_dir=str(tmp_path),
+                      callbacks=[SaveWeightsPerRank(str(tmp_path))])
+    initial = torch.cat([p.detach().flatten() for p in module.parameters()])
+    trainer.fit(module, datamodule=digits)
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert torch.equal(rank0, rank1)
+    assert not torch.equal(rank0, initial)  # it trained
