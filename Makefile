@@ -23,3 +23,6 @@ benchmarks: $(STAMP)
 
 clean:
 	rm -rf logs
+
+study: $(STAMP)
+	$(PY) -m lit_robust.study configs/study/digits.yaml --out study/digits

@@ -6,7 +6,7 @@ Each run directory is a TensorBoard log directory written by ``train.py`` (``met
 its test, event files with the per-epoch scalars, ``config.yaml``). The report writes
 
 - ``table.md`` / ``table.csv``: papers/001 Table D's columns (Err, RErr PGD and AutoAttack on test
-  and train, RErr after early stopping, average/worst flatness in Loss and RLoss), sorted by test RErr;
+  and train, RErr after early stopping (held-out), average/worst flatness in Loss and RLoss), sorted by test RErr;
 - ``fig1_rloss_vs_flatness.png``: test RLoss against average-case flatness in RLoss, worst-case
   flatness in RLoss and average-case flatness in clean Loss (papers/003 Fig. 1, papers/001 Sec. D),
   one point per run with the Pearson correlation in each title;
@@ -31,15 +31,16 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# (column title, metrics.json key); RErr after early stopping is the test RErr of the weights
-# that early stopping restored, when that run tested them
+# (column title, metrics.json key). RErr after early stopping is the best held-out robust error
+# of RobustEarlyStopping; a run that restored the best weights (restore_best_weights) also reports
+# the early-stopped model in its test columns.
 COLUMNS: List[Tuple[str, str]] = [
     ("Err (test)", "test/err"),
     ("RErr PGD (test)", "test/rerr_pgd"),
     ("RErr AA (test)", "test/rerr_aa"),
     ("RErr PGD (train)", "test/rerr_pgd_train"),
     ("RErr AA (train)", "test/rerr_aa_train"),
-    ("RErr (early stop)", "early_stopping/test_rerr"),
+    ("RErr (early stop, held-out)", "early_stopping/best_rerr"),
     ("RLoss (test)", "test/rloss_pgd"),
     ("RLoss (train)", "test/rloss_pgd_train"),
     ("Avg Loss", "flatness/avg_loss"),
@@ -173,9 +174,18 @@ def figure_gap_vs_flatness(runs: Sequence[Run]):
 
 
 def epoch_pairs(run: Run, y_tag: str = "val/rloss", x_tag: str = "flatness/avg_rloss") -> List[Tuple[float, float]]:
-    """(flatness, RLoss) per epoch where both were logged at the same step."""
+    """(flatness, RLoss) per epoch where both were logged at the same step.
+
+    The first value per step is the epoch's: a test after fit logs its own flatness (with the
+    paper's larger settings) at the step of the last epoch, after it.
+    """
     ys = dict(run.curves.get(y_tag, []))
-    return [(x, ys[step]) for step, x in run.curves.get(x_tag, []) if step in ys]
+    pairs, seen = [], set()
+    for step, x in run.curves.get(x_tag, []):
+        if step in ys and step not in seen:
+            seen.add(step)
+            pairs.append((x, ys[step]))
+    return pairs
 
 
 def figure_flatness_over_epochs(runs: Sequence[Run]):

@@ -106,11 +106,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("study", help="study file (YAML with 'runs')")
     parser.add_argument("--out", required=True, help="directory for the runs and the report")
     parser.add_argument("--only", default="", help="comma-separated run names to run (default: all)")
-    parser.add_argument("extra", nargs=argparse.REMAINDER,
-                        help="after --, arguments added to every train.py fit command")
-    args = parser.parse_args(argv)
+    parser.epilog = "Arguments after -- are added to every train.py fit command."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
     only = [name for name in args.only.split(",") if name]
     try:
         summary = run_study(args.study, args.out, only, extra)

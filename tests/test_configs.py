@@ -55,3 +55,12 @@ def test_cpu_ddp_config_runs_two_processes(tmp_path):
     output = result.stdout + result.stderr
     assert "GLOBAL_RANK: 1" in output or "world_size=2" in output.replace(" ", "") or "distributed_backend=gloo" in output
     assert (tmp_path / "logs" / "digits_at" / "version_0" / "metrics.json").exists()
+
+
+SETTINGS = sorted(glob.glob(os.path.join(ROOT, "configs", "digits", "settings", "*.yaml")))
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_digits_setting_runs_after_the_at_recipe(setting, tmp_path):
+    at = os.path.join(ROOT, "configs", "digits", "at.yaml")
+    assert run_train(["fit", "--config", at, "--config", setting] + FAST, cwd=str(tmp_path)) == 0

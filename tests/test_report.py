@@ -31,6 +31,7 @@ def fabricate(root, name, values, epochs=5):
     for epoch in range(epochs):
         writer.add_scalar("val/rloss", rloss * (0.5 + 0.1 * epoch), epoch)
         writer.add_scalar("flatness/avg_rloss", avg * (0.5 + 0.1 * epoch), epoch)
+    writer.add_scalar("flatness/avg_rloss", avg, epochs - 1)  # the test's measure, at the last epoch's step
     writer.close()
     return str(run)
 
@@ -38,6 +39,15 @@ def fabricate(root, name, values, epochs=5):
 @pytest.fixture
 def runs(tmp_path):
     return [fabricate(tmp_path / "logs", name, values) for name, values in RUNS.items()]
+
+
+def test_epoch_pairs_take_the_epochs_value_not_the_tests(runs):
+    from lit_robust.report import epoch_pairs, load_run
+
+    pairs = epoch_pairs(load_run(runs[0]))
+    rloss, avg = RUNS["digits_at"][1], RUNS["digits_at"][3]
+    assert len(pairs) == 5
+    assert pairs[-1] == pytest.approx((avg * 0.9, rloss * 0.9))
 
 
 def test_pearson_against_definition():
