@@ -60,6 +60,16 @@ class RobustCLI(LightningCLI):
         if self.checkpoint_shapes is not None:
             check_same_tensors(self.model, self.config_init[self.subcommand]["ckpt_path"], self.checkpoint_shapes)
 
+    @staticmethod
+    def configure_optimizers(lightning_module, optimizer, lr_scheduler=None):
+        """As LightningCLI's, but a top-level ``lr_scheduler`` steps at the module's
+        ``lr_scheduler_interval`` (``"step"`` for the cyclic schedule)."""
+        configured = LightningCLI.configure_optimizers(lightning_module, optimizer, lr_scheduler)
+        interval = getattr(lightning_module.hparams, "lr_scheduler_interval", "epoch")
+        if lr_scheduler is None or isinstance(configured, dict):
+            return configured
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": interval}}
+
     def after_fit(self) -> None:
         if not self.config_init[self.subcommand].get("test_after_fit", True) or self.trainer.interrupted:
             return

@@ -46,3 +46,18 @@ def test_bad_setting_is_one_message_and_nothing_written(tmp_path, capsys):
     assert code == 2
     assert "epsilon=-0.1 is not allowed" in err and "Traceback" not in err
     assert not (tmp_path / "logs").exists()
+
+
+def test_top_level_scheduler_steps_at_the_modules_interval(tmp_path):
+    from lit_robust.cli import RobustCLI
+
+    args = ["--config", CONFIG, "--model.init_args.lr_scheduler_interval", "step",
+            "--lr_scheduler.class_path", "torch.optim.lr_scheduler.StepLR", "--lr_scheduler.init_args.step_size", "1",
+            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "0",
+            "--test_after_fit", "false", "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
+            "--model.init_args.train_steps", "1"]
+    cli = RobustCLI(args=args, run=False, subclass_mode_model=True, subclass_mode_data=True,
+                    trainer_defaults={"inference_mode": False})
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    lr = cli.trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr == pytest.approx(0.05 * 0.1 ** 3)  # stepped after each of the 3 batches, not once per epoch
