@@ -1,5 +1,6 @@
 """Average- and worst-case flatness in RLoss and Loss, logged during training and on test (papers/001 Sec. D)."""
 
+from abc import ABC, abstractmethod
 from typing import Any, Dict, Literal, Sequence
 
 import pytorch_lightning as pl
@@ -17,7 +18,7 @@ Split = Literal["eval", "train"]
 SPLITS = ("eval", "train")
 
 
-class ScheduledMeasurement(Callback):
+class ScheduledMeasurement(Callback, ABC):
     """Runs :meth:`_measure` on the weights validation uses, every few epochs during fit, and on test.
 
     During fit, after every ``every_n_epochs``-th training epoch, it runs on the last batch of the
@@ -39,9 +40,9 @@ class ScheduledMeasurement(Callback):
         self.on_test = on_test
         self._measured_epoch = -1
 
+    @abstractmethod
     def _measure(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         """Measure ``pl_module`` now; ``stage`` is ``"fit"`` or ``"test"``."""
-        raise NotImplementedError
 
     def _due(self, trainer: "pl.Trainer") -> bool:
         return (self.every_n_epochs > 0 and not trainer.sanity_checking and trainer.state.fn == "fit"

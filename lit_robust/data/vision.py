@@ -13,6 +13,7 @@ is constructed, before a trainer writes anything, with the directory, the files 
 and how to get them.
 """
 
+from abc import ABC, abstractmethod
 import os
 from typing import List, Optional, Sequence, Tuple
 
@@ -40,7 +41,7 @@ class Transformed(Dataset):
         return self.transform(image), label
 
 
-class VisionDataModule(AdversarialDataModule):
+class VisionDataModule(AdversarialDataModule, ABC):
     """A torchvision image-classification data set with the paper's splits and augmentation.
 
     Subclasses name the torchvision class, the data set's statistics and the files it needs.
@@ -89,9 +90,9 @@ class VisionDataModule(AdversarialDataModule):
         if not download:
             self.verify()
 
+    @abstractmethod
     def expected_files(self) -> List[Tuple[str, Optional[str]]]:
         """The files of the data set, relative to ``data_dir``, with their MD5 checksum (None: unknown)."""
-        raise NotImplementedError
 
     def is_intact(self, path: str, md5: Optional[str]) -> bool:
         """Whether the file at ``path`` has the checksum ``md5``."""
@@ -121,9 +122,9 @@ class VisionDataModule(AdversarialDataModule):
             f"add --data.download true (torchvision downloads {self.name} into data_dir), or point "
             f"--data.data_dir at a directory that holds them.")
 
+    @abstractmethod
     def torchvision_dataset(self, train: bool, download: bool = False) -> Dataset:
         """The torchvision data set (training or test part), returning PIL images and integer labels."""
-        raise NotImplementedError
 
     def prepare_data(self) -> None:
         if self.download:
