@@ -32,11 +32,12 @@ def module() -> PGDAT:
                  test_steps=1, test_restarts=1, test_on_train=False)
 
 
-def test_at_flatness_config_logs_the_curves_per_epoch_and_writes_metrics_json(tmp_path):
+def test_flatness_config_logs_the_curves_per_epoch_and_writes_metrics_json(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    config = os.path.join(ROOT, "configs", "digits", "at_flatness.yaml")
-    code = run_train(["fit", "--config", config, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
+    at = os.path.join(ROOT, "configs", "digits", "at.yaml")
+    config = os.path.join(ROOT, "configs", "callbacks", "flatness_monitor.yaml")
+    code = run_train(["fit", "--config", at, "--config", config, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
                       "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
                       "--trainer.enable_progress_bar", "false", "--model.init_args.model.init_args.width", "4",
                       "--model.init_args.test_steps", "1", "--model.init_args.test_restarts", "1",
@@ -46,7 +47,7 @@ def test_at_flatness_config_logs_the_curves_per_epoch_and_writes_metrics_json(tm
                       "--trainer.callbacks.test_steps", "2", "--trainer.callbacks.test_restarts", "1"],
                      cwd=str(tmp_path))
     assert code == 0
-    run = tmp_path / "logs" / "digits_at_flatness" / "version_0"
+    run = tmp_path / "logs" / "digits_at" / "version_0"
     events = EventAccumulator(str(run))
     events.Reload()
     tags = events.Tags()["scalars"]
