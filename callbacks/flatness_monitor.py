@@ -1,7 +1,8 @@
-"""Average- and worst-case flatness in RLoss and Loss, logged during training and on test (papers/001 Sec. D)."""
+"""Average- and worst-case flatness in RLoss and Loss (papers/001 Sec. D) and the sharpness measures beyond
+the paper's, logged during training and on test."""
 
 from abc import ABC, abstractmethod
-from typing import Any, Dict, Literal, Sequence
+from typing import Any, Callable, Dict, Literal, Sequence, Union
 
 import pytorch_lightning as pl
 import torch
@@ -10,12 +11,24 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import Subset
 from typing_extensions import override
 
+from lit_robust.adaptive_sharpness import adaptive_sharpness
 from lit_robust.errors import check, check_choice
 from lit_robust.evaluation import loader, shard
-from lit_robust.flatness import MEASURES, FlatnessMeasures, FlatnessResult, Measure
+from lit_robust.flatness import MEASURES, FlatnessMeasures, FlatnessResult
+from lit_robust.hessian_trace import hessian_trace
+from lit_robust.pac_bayes import PacBayesResult, pac_bayes_flatness
+from lit_robust.relative_flatness import relative_flatness
 
 Split = Literal["eval", "train"]
 SPLITS = ("eval", "train")
+AnyMeasure = Literal["avg_rloss", "worst_rloss", "avg_loss", "worst_loss",
+                     "adaptive_avg_rloss", "adaptive_avg_loss", "adaptive_worst_rloss_l2", "adaptive_worst_rloss_linf",
+                     "adaptive_worst_loss_l2", "adaptive_worst_loss_linf", "relative_rloss", "relative_loss",
+                     "pac_bayes_rerr", "pac_bayes_err", "pac_bayes_mag_rerr", "pac_bayes_mag_err",
+                     "hessian_trace_rloss", "hessian_trace_loss"]
+# the measures beyond the paper's (see FlatnessMonitor), in the order of AnyMeasure
+EXTRA_MEASURES = AnyMeasure.__args__[len(MEASURES):]
+ALL_MEASURES = MEASURES + EXTRA_MEASURES
 
 
 class ScheduledMeasurement(Callback, ABC):
@@ -73,7 +86,7 @@ class ScheduledMeasurement(Callback, ABC):
 
 
 class FlatnessMonitor(ScheduledMeasurement):
-    """Log the paper's four flatness measures every few epochs and on test.
+    """Log the paper's four flatness measures, and any of the measures beyond it, every few epochs and on test.
 
     Metric names (ARCHITECTURE.md): ``flatness/avg_rloss``, ``flatness/worst_rloss``,
     ``flatness/avg_loss``, ``flatness/worst_loss`` on the evaluation split (the data module's
@@ -82,6 +95,25 @@ class FlatnessMonitor(ScheduledMeasurement):
     average-case measures also their standard deviation over the weight samples,
     ``flatness/avg_rloss_std`` etc. (papers/001 Fig. D left). On test the metrics go into
     ``metrics.json``. See :mod:`lit_robust.flatness` for the measures.
+
+    The measures beyond the paper's, selected by name in ``measures`` and logged as
+    ``flatness/<name>`` (with ``_train`` on the train-eval split); ``rloss`` / ``rerr`` in a name
+    means the robust loss / error under the module's threat model, ``loss`` / ``err`` the clean one:
+
+    - ``adaptive_avg_rloss``, ``adaptive_avg_loss``: average-case adaptive sharpness, radius
+      ``adaptive_rho``, ``samples`` Gaussian draws per batch (:mod:`lit_robust.adaptive_sharpness`);
+    - ``adaptive_worst_rloss_l2``, ``adaptive_worst_rloss_linf``, ``adaptive_worst_loss_l2``,
+      ``adaptive_worst_loss_linf``: worst-case adaptive sharpness for p = 2 / inf, radius
+      ``adaptive_rho_l2`` / ``adaptive_rho_linf``, ``steps`` ascent iterations;
+    - ``relative_rloss``, ``relative_loss``: relative flatness of the last linear layer
+      (:mod:`lit_robust.relative_flatness`), ``hutchinson_samples`` probes;
+    - ``pac_bayes_rerr``, ``pac_bayes_err`` (plain) and ``pac_bayes_mag_rerr``, ``pac_bayes_mag_err``
+      (magnitude-aware): 1/sigma'^2 of PAC-Bayes flatness (:mod:`lit_robust.pac_bayes`);
+    - ``hessian_trace_rloss``, ``hessian_trace_loss``: Tr(H) by Hutchinson's estimator
+      (:mod:`lit_robust.hessian_trace`), ``hutchinson_samples`` probes.
+
+    RLoss at perturbed weights and adversarial examples of the Hessian measures use PGD with
+    ``steps`` iterations (``test_steps`` on test); references use ``restarts`` restarts.
 
     The input threat model (epsilon, step size, norm) is the module's (``hparams``). During fit the
     cost is set by ``examples``, ``samples``, ``steps`` and ``restarts``; the defaults keep it
@@ -101,7 +133,8 @@ class FlatnessMonitor(ScheduledMeasurement):
     Args:
         every_n_epochs: measure after every this many training epochs; 0 only on test.
         on_test: also measure on test (paper settings, into ``metrics.json``).
-        measures: any of ``"avg_rloss"``, ``"worst_rloss"``, ``"avg_loss"``, ``"worst_loss"``.
+        measures: any of ``"avg_rloss"``, ``"worst_rloss"``, ``"avg_loss"``, ``"worst_loss"`` (the paper's,
+            the default) and the names of the measures beyond it listed above.
         fit_splits: splits measured during fit, ``"eval"`` and/or ``"train"`` (suffix ``_train``).
         test_splits: splits measured on test.
         batch_size: examples per batch (per process); the weight perturbations are drawn, and the
@@ -121,22 +154,46 @@ class FlatnessMonitor(ScheduledMeasurement):
         parallel: weight perturbations evaluated in one vectorised pass; 1 evaluates them one by
             one (least memory).
         seed: seed of the measurement's random numbers.
+        adaptive_rho: radius of average-case adaptive sharpness (0.1).
+        adaptive_rho_l2: radius of worst-case adaptive sharpness for p = 2 (0.5).
+        adaptive_rho_linf: radius of worst-case adaptive sharpness for p = inf (0.002).
+        hutchinson_samples: probe vectors of relative flatness and the Hessian trace during fit.
+        test_hutchinson_samples: the same on test (100).
+        pac_bayes_target: the deviation of the error PAC-Bayes flatness searches for (0.1).
+        pac_bayes_search_depth: at most this many bisection steps (15).
+        pac_bayes_samples: Monte-Carlo noise draws per bisection step (3).
+        pac_bayes_epsilon: epsilon of the magnitude-aware noise (1e-3).
 
     Attributes:
         results: the latest :class:`~lit_robust.flatness.FlatnessResult` per metric name (with both
             terms and the number of examples), the same on every process.
     """
 
-    def __init__(self, *, every_n_epochs: int = 1, on_test: bool = True, measures: Sequence[Measure] = MEASURES,
+    def __init__(self, *, every_n_epochs: int = 1, on_test: bool = True, measures: Sequence[AnyMeasure] = MEASURES,
                  fit_splits: Sequence[Split] = ("eval",), test_splits: Sequence[Split] = SPLITS,
                  batch_size: int = 128, examples: int = 32, samples: int = 2, steps: int = 3, restarts: int = 1,
                  test_examples: int = 1000, test_samples: int = 10, test_steps: int = 20, test_restarts: int = 10,
                  average_xi: float = 0.5, worst_xi: float = 0.003, worst_lr: float = 0.001, parallel: int = 10,
-                 seed: int = 0) -> None:
+                 seed: int = 0, adaptive_rho: float = 0.1, adaptive_rho_l2: float = 0.5, adaptive_rho_linf: float = 0.002,
+                 hutchinson_samples: int = 10, test_hutchinson_samples: int = 100, pac_bayes_target: float = 0.1,
+                 pac_bayes_search_depth: int = 15, pac_bayes_samples: int = 3, pac_bayes_epsilon: float = 1e-3) -> None:
         super().__init__(every_n_epochs, on_test)
-        check(len(measures) > 0, "measures", measures, "a non-empty list of " + ", ".join(MEASURES))
+        check(len(measures) > 0, "measures", measures, "a non-empty list of " + ", ".join(ALL_MEASURES))
         for measure in measures:
-            check_choice(measure, "measures", MEASURES)
+            check_choice(measure, "measures", ALL_MEASURES)
+        for name, value in (("adaptive_rho", adaptive_rho), ("adaptive_rho_l2", adaptive_rho_l2),
+                            ("adaptive_rho_linf", adaptive_rho_linf)):
+            check(value > 0, name, value, "a number > 0 (radius of the weight perturbations)")
+        for name, value in (("hutchinson_samples", hutchinson_samples),
+                            ("test_hutchinson_samples", test_hutchinson_samples),
+                            ("pac_bayes_search_depth", pac_bayes_search_depth), ("pac_bayes_samples", pac_bayes_samples)):
+            check(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
+        check(0.01 < pac_bayes_target < 1, "pac_bayes_target", pac_bayes_target,
+              "a number in (0.01, 1) (the search stops within 0.01 of it)")
+        check(pac_bayes_epsilon >= 0, "pac_bayes_epsilon", pac_bayes_epsilon, "a number >= 0")
+        self.adaptive_rho = {"avg": adaptive_rho, "l2": adaptive_rho_l2, "linf": adaptive_rho_linf}
+        self.pac_bayes = dict(target=pac_bayes_target, search_depth=pac_bayes_search_depth,
+                              samples=pac_bayes_samples, magnitude_epsilon=pac_bayes_epsilon)
         for split in list(fit_splits) + list(test_splits):
             check_choice(split, "fit_splits / test_splits", SPLITS)
         for name, value in (("batch_size", batch_size), ("examples", examples), ("steps", steps),
@@ -147,8 +204,10 @@ class FlatnessMonitor(ScheduledMeasurement):
         self.fit_splits, self.test_splits = tuple(fit_splits), tuple(test_splits)
         self.batch_size = batch_size
         self.settings = {
-            "fit": dict(examples=examples, samples=samples, steps=steps, restarts=restarts),
-            "test": dict(examples=test_examples, samples=test_samples, steps=test_steps, restarts=test_restarts),
+            "fit": dict(examples=examples, samples=samples, steps=steps, restarts=restarts,
+                        hutchinson_samples=hutchinson_samples),
+            "test": dict(examples=test_examples, samples=test_samples, steps=test_steps, restarts=test_restarts,
+                         hutchinson_samples=test_hutchinson_samples),
         }
         self.average_xi, self.worst_xi, self.worst_lr = average_xi, worst_xi, worst_lr
         self.parallel = parallel
@@ -156,7 +215,7 @@ class FlatnessMonitor(ScheduledMeasurement):
         # the checks of every remaining setting, now rather than at the first measurement
         for stage in self.settings:
             self._meter(stage, epsilon=1.0, step_size=1.0, norm="linf")
-        self.results: Dict[str, FlatnessResult] = {}
+        self.results: Dict[str, Union[FlatnessResult, PacBayesResult]] = {}
 
     def _meter(self, stage: str, epsilon: float, step_size: float, norm: str) -> FlatnessMeasures:
         s = self.settings[stage]
@@ -165,6 +224,27 @@ class FlatnessMonitor(ScheduledMeasurement):
                                 average_steps=s["steps"], average_restarts=1, worst_xi=self.worst_xi,
                                 worst_iterations=s["steps"], worst_restarts=s["restarts"], worst_lr=self.worst_lr,
                                 max_examples=None, parallel=self.parallel)
+
+    def _extra(self, measure: str, stage: str, attack: Dict[str, Any]) -> Callable[..., Any]:
+        """The measure beyond the paper's called ``measure``, as ``f(model, batches, reduce, generator)``."""
+        s = self.settings[stage]
+        parts = measure.split("_")
+        if measure.startswith("adaptive_"):
+            case = "average" if parts[1] == "avg" else "worst"
+            p = "inf" if measure.endswith("linf") else "2"
+            rho = self.adaptive_rho["avg" if case == "average" else ("linf" if p == "inf" else "l2")]
+            return lambda model, batches, reduce, generator: adaptive_sharpness(
+                model, batches, case=case, loss=parts[2], rho=rho, p=p, samples=s["samples"], iterations=s["steps"],
+                steps=s["steps"], reference_steps=s["steps"], reference_restarts=s["restarts"], max_examples=None,
+                parallel=self.parallel, reduce=reduce, generator=generator, **attack)
+        if measure.startswith("pac_bayes_"):
+            return lambda model, batches, reduce, generator: pac_bayes_flatness(
+                model, batches, error=parts[-1], magnitude_aware=parts[2] == "mag", steps=s["steps"],
+                max_examples=None, reduce=reduce, generator=generator, **self.pac_bayes, **attack)
+        function = relative_flatness if measure.startswith("relative_") else hessian_trace
+        return lambda model, batches, reduce, generator: function(
+            model, batches, loss=parts[-1], samples=s["hutchinson_samples"], steps=s["steps"], max_examples=None,
+            reduce=reduce, generator=generator, **attack)
 
     @override
     def _measure(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
@@ -176,8 +256,11 @@ class FlatnessMonitor(ScheduledMeasurement):
         # a fast_dev_run checks that everything runs, not the paper's numbers
         cost = "fit" if stage == "fit" or trainer.fast_dev_run else "test"
         hparams = pl_module.hparams
-        meter = self._meter(cost, epsilon=hparams.get("epsilon", 8 / 255), step_size=hparams.get("step_size", 0.007),
-                            norm=hparams.get("norm", "linf"))
+        attack = dict(epsilon=hparams.get("epsilon", 8 / 255), step_size=hparams.get("step_size", 0.007),
+                      norm=hparams.get("norm", "linf"))
+        meter = self._meter(cost, **attack)
+        paper = tuple(m for m in self.measures if m in MEASURES)
+        extras = {m: self._extra(m, cost, attack) for m in self.measures if m not in MEASURES}
         splits = self.fit_splits if stage == "fit" else self.test_splits
         metrics: Dict[str, float] = {}
         for split in splits:
@@ -191,15 +274,21 @@ class FlatnessMonitor(ScheduledMeasurement):
             first = Subset(dataset, range(min(self.settings[cost]["examples"], len(dataset))))
             batches = loader(shard(first, trainer.global_rank, trainer.world_size), self.batch_size)
             devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+            reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(self.seed + trainer.global_rank)
-                results = meter(pl_module.model, batches, self.measures,
-                                reduce=lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
+                results = meter(pl_module.model, batches, paper, reduce=reduce) if paper else {}
+                for measure, function in extras.items():
+                    # the same random numbers on every process, afresh per measure: probe vectors and noise
+                    # drawn once for all examples are then shared, and one and several processes agree
+                    # exactly in clean loss
+                    generator = torch.Generator().manual_seed(self.seed)
+                    results[measure] = function(pl_module.model, batches, reduce, generator)
             suffix = "" if split == "eval" else "_train"
             for measure, result in results.items():
                 self.results[f"flatness/{measure}{suffix}"] = result
                 metrics[f"flatness/{measure}{suffix}"] = result.flatness
-                if measure.startswith("avg"):
+                if measure in ("avg_rloss", "avg_loss"):
                     metrics[f"flatness/{measure}_std{suffix}"] = result.std
         for name, value in metrics.items():
             # already reduced over the processes; sync_dist only averages equal values
