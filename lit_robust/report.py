@@ -13,6 +13,9 @@ its test, event files with the per-epoch scalars, ``config.yaml``). The report w
 - ``fig5_flatness_over_epochs.png``: per run, held-out RLoss against flatness over the epochs,
   coloured from early to late (papers/003 Fig. 5);
 - ``gap_vs_flatness.png``: the robust generalisation gap (test - train RLoss) against flatness;
+- ``measures.md`` / ``measures.csv``: for every ``flatness/*`` measure present in the runs, its
+  Pearson and Kendall rank correlation over the runs with test RLoss, the RLoss gap (test - train
+  RLoss), test RErr and the RErr gap (test - train RErr);
 
 and logs the same figures to TensorBoard in ``DIR``.
 """
@@ -212,6 +215,72 @@ def figure_flatness_over_epochs(runs: Sequence[Run]):
     return fig
 
 
+# (column title, the quantity the measures are correlated with)
+TARGETS = [
+    ("RLoss (test)", lambda run: run.get("test/rloss_pgd")),
+    ("RLoss gap", lambda run: run.get("test/rloss_pgd") - run.get("test/rloss_pgd_train")),
+    ("RErr (test)", lambda run: run.get("test/rerr_pgd")),
+    ("RErr gap", lambda run: run.get("test/rerr_pgd") - run.get("test/rerr_pgd_train")),
+]
+
+
+def kendall(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's rank correlation tau-b of the finite pairs; NaN with fewer than 3 pairs or no spread."""
+    pairs = [(a, b) for a, b in zip(x, y) if math.isfinite(a) and math.isfinite(b)]
+    if len(pairs) < 3:
+        return math.nan
+    concordant = discordant = ties_x = ties_y = 0
+    for i in range(len(pairs)):
+        for j in range(i + 1, len(pairs)):
+            dx, dy = pairs[i][0] - pairs[j][0], pairs[i][1] - pairs[j][1]
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                ties_x += 1
+            elif dy == 0:
+                ties_y += 1
+            elif dx * dy > 0:
+                concordant += 1
+            else:
+                discordant += 1
+    denominator = math.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
+    return (concordant - discordant) / denominator if denominator > 0 else math.nan
+
+
+def measure_names(runs: Sequence[Run]) -> List[str]:
+    """Every ``flatness/*`` measure with a value in some run (standard deviations left out), sorted."""
+    return sorted({key for run in runs for key, value in run.metrics.items()
+                   if key.startswith("flatness/") and "_std" not in key and isinstance(value, (int, float))})
+
+
+def measure_rows(runs: Sequence[Run]) -> List[List[str]]:
+    """Header and one row per measure: its Pearson and Kendall correlation with each of :data:`TARGETS`."""
+    header = ["Measure", "Runs"] + [f"{kind} {title}" for title, _ in TARGETS for kind in ("Pearson", "Kendall")]
+    rows = [header]
+    for name in measure_names(runs):
+        values = [run.get(name) for run in runs]
+        row = [name, str(sum(math.isfinite(v) for v in values))]
+        for _, target in TARGETS:
+            ys = [target(run) for run in runs]
+            row += [_format(pearson(values, ys)), _format(kendall(values, ys))]
+        rows.append(row)
+    return rows
+
+
+def write_measure_tables(runs: Sequence[Run], out: str) -> Tuple[str, str]:
+    """``measures.md`` and ``measures.csv`` in ``out``: how each measure correlates with robust generalisation."""
+    rows = measure_rows(runs)
+    csv_path, md_path = os.path.join(out, "measures.csv"), os.path.join(out, "measures.md")
+    with open(csv_path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    with open(md_path, "w") as f:
+        f.write("| " + " | ".join(rows[0]) + " |\n")
+        f.write("|" + "---|" * len(rows[0]) + "\n")
+        for row in rows[1:]:
+            f.write("| " + " | ".join(row) + " |\n")
+    return md_path, csv_path
+
+
 def make_report(run_dirs: Sequence[str], out: str) -> Dict[str, object]:
     """Write the tables and figures for ``run_dirs`` into ``out``; returns paths and correlations."""
     import matplotlib
@@ -223,6 +292,7 @@ def make_report(run_dirs: Sequence[str], out: str) -> Dict[str, object]:
     runs = [load_run(path) for path in run_dirs]
     os.makedirs(out, exist_ok=True)
     md_path, csv_path = write_tables(runs, out)
+    measures_md, measures_csv = write_measure_tables(runs, out)
     fig1, correlations = figure_rloss_vs_flatness(runs)
     fig5 = figure_flatness_over_epochs(runs)
     gap, gap_r = figure_gap_vs_flatness(runs)
@@ -236,6 +306,7 @@ def make_report(run_dirs: Sequence[str], out: str) -> Dict[str, object]:
         plt.close(fig)
     writer.close()
     summary = {"runs": [run.name for run in runs], "table_md": md_path, "table_csv": csv_path, "figures": paths,
+               "measures_md": measures_md, "measures_csv": measures_csv,
                "pearson": {**{f"test/rloss_pgd vs {k}": v for k, v in correlations.items()},
                            "rloss gap vs flatness/avg_rloss": gap_r}}
     with open(os.path.join(out, "summary.json"), "w") as f:

@@ -234,6 +234,43 @@ def test_one_and_two_processes_agree(tmp_path):
         if name.endswith(("relative_loss", "hessian_trace_loss", "_err")):
             # the same probe vectors / noise draws on every process, clean examples: equal but for rounding
             assert two[name] == pytest.approx(one, rel=1e-4, abs=1e-6), name
+        elif "pac_bayes" in name:
+            # sigma' = flatness^(-1/2) from a 3-step bisection of [0, 2] on PGD's noisy errors: within two steps
+            assert two[name] ** -0.5 == pytest.approx(one ** -0.5, abs=0.5), name
         else:
             # PGD's random starts and per-batch draws differ with the split of the examples
             assert two[name] == pytest.approx(one, rel=0.5, abs=0.05), name
+
+
+def test_report_correlates_every_measure(tmp_path):
+    import csv
+    import json
+
+    from scipy.stats import kendalltau
+
+    from lit_robust.report import kendall, make_report, pearson
+
+    runs, values = [], {"rloss": [1.6, 1.2, 1.0, 1.4, 1.1], "rloss_train": [0.3, 0.6, 0.7, 0.5, 0.6],
+                        "rerr": [0.4, 0.3, 0.25, 0.35, 0.3], "rerr_train": [0.1, 0.2, 0.2, 0.15, 0.1],
+                        "hessian_trace_rloss": [9.0, 5.0, 2.0, 7.0, 5.0], "adaptive_avg_rloss": [0.1, 0.3, 0.2, 0.4, 0.5]}
+    for i in range(5):
+        run = tmp_path / f"run{i}"
+        run.mkdir()
+        metrics = {"test/rloss_pgd": values["rloss"][i], "test/rloss_pgd_train": values["rloss_train"][i],
+                   "test/rerr_pgd": values["rerr"][i], "test/rerr_pgd_train": values["rerr_train"][i],
+                   "flatness/hessian_trace_rloss": values["hessian_trace_rloss"][i],
+                   "flatness/adaptive_avg_rloss": values["adaptive_avg_rloss"][i]}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        runs.append(str(run))
+    summary = make_report(runs, str(tmp_path / "out"))
+    table = list(csv.reader(open(summary["measures_csv"])))
+    rows = {row[0]: dict(zip(table[0], row)) for row in table[1:]}
+    assert set(rows) == {"flatness/hessian_trace_rloss", "flatness/adaptive_avg_rloss"}
+    trace = values["hessian_trace_rloss"]
+    gap = [a - b for a, b in zip(values["rloss"], values["rloss_train"])]
+    for target, ys in (("RLoss (test)", values["rloss"]), ("RLoss gap", gap)):
+        row = rows["flatness/hessian_trace_rloss"]
+        assert float(row[f"Pearson {target}"]) == pytest.approx(pearson(trace, ys), abs=1e-3)
+        assert float(row[f"Kendall {target}"]) == pytest.approx(kendalltau(trace, ys).statistic, abs=1e-3)
+    assert kendall([1, 2, 3, 3], [1, 3, 2, 2]) == pytest.approx(kendalltau([1, 2, 3, 3], [1, 3, 2, 2]).statistic)
+    assert "| flatness/adaptive_avg_rloss | 5 |" in open(summary["measures_md"]).read()
