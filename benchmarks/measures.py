@@ -1,0 +1,88 @@
+"""The cost of each flatness and sharpness measure relative to one training epoch of the digits recipe.
+
+    python benchmarks/measures.py [--examples 32] [--test]
+
+Trains ``configs/digits/at.yaml`` for one epoch (timing the training batches), then times each
+measure of :class:`callbacks.FlatnessMonitor` once on the first ``--examples`` evaluation examples
+with the monitor's per-epoch settings (``--test``: the settings of ``configs/callbacks/measures.yaml``
+on 200 examples), in one run, and prints each time as a fraction of the epoch. Wall-clock and CPU
+time of this process (the latter less disturbed on a shared machine).
+"""
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+import torch
+from pytorch_lightning import Callback, Trainer
+from torch.utils.data import Subset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from callbacks.flatness_monitor import ALL_MEASURES, FlatnessMonitor  # noqa: E402
+from lit_robust.cli import TRAINER_DEFAULTS, RobustCLI  # noqa: E402
+from lit_robust.data import AdversarialDataModule  # noqa: E402
+from lit_robust.evaluation import loader  # noqa: E402
+from lit_robust.modules import AdversarialModule  # noqa: E402
+
+TEST_SETTINGS = dict(test_examples=200, test_samples=10, test_steps=10, test_restarts=3, test_hutchinson_samples=20,
+                     pac_bayes_search_depth=8, pac_bayes_samples=2)
+
+
+class EpochClock(Callback):
+    """Times the training batches of the epoch (up to the start of validation)."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.start = time.perf_counter(), time.process_time()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.seconds = time.perf_counter() - self.start[0], time.process_time() - self.start[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=32, help="examples measured (per-epoch settings)")
+    parser.add_argument("--test", action="store_true", help="the test settings of configs/callbacks/measures.yaml")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    cli = RobustCLI(AdversarialModule, AdversarialDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                    trainer_defaults=TRAINER_DEFAULTS, seed_everything_default=0, run=False,
+                    args=["--config", os.path.join(ROOT, "configs", "digits", "at.yaml"), "--trainer.max_epochs", "1",
+                          "--trainer.logger", "false"])
+    clock = EpochClock()
+    trainer = Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
+                      num_sanity_val_steps=0, callbacks=[clock])
+    trainer.fit(cli.model, datamodule=cli.datamodule)
+    epoch_wall, epoch_cpu = clock.seconds
+    stage = "test" if args.test else "fit"
+    examples = 200 if args.test else args.examples
+    first = Subset(cli.datamodule.test_dataloader().dataset, range(examples))
+    batches = loader(first, 128)
+    h = cli.model.hparams
+    attack = dict(epsilon=h.epsilon, step_size=h.step_size, norm=h.get("norm", "linf"))
+    print(f"one training epoch of configs/digits/at.yaml: {epoch_wall:.2f} s (CPU {epoch_cpu:.2f} s); "
+          f"{stage} settings, {examples} examples, 1 thread")
+    total = 0.0
+    for measure in ALL_MEASURES:
+        monitor = FlatnessMonitor(measures=(measure,), **TEST_SETTINGS)
+        start = time.perf_counter(), time.process_time()
+        if measure in ("avg_rloss", "worst_rloss", "avg_loss", "worst_loss"):
+            monitor._meter(stage, **attack)(cli.model.model, batches, (measure,))
+        else:
+            monitor._extra(measure, stage, attack)(cli.model.model, batches, None, torch.Generator().manual_seed(0))
+        wall, cpu = time.perf_counter() - start[0], time.process_time() - start[1]
+        if measure not in ("avg_rloss", "worst_rloss", "avg_loss", "worst_loss"):
+            total += cpu
+        print(f"  {measure:28s} {wall:7.2f} s (CPU {cpu:6.2f} s)  fraction of an epoch {wall / epoch_wall:6.3f} "
+              f"(CPU {cpu / epoch_cpu:6.3f})")
+    print(f"measures beyond the paper's together: CPU {total:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
