@@ -2,7 +2,7 @@
 the paper's, logged during training and on test."""
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Dict, Literal, Sequence, Union
+from typing import Any, Callable, Dict, Literal, Optional, Sequence, Union
 
 import pytorch_lightning as pl
 import torch
@@ -101,7 +101,7 @@ class FlatnessMonitor(ScheduledMeasurement):
     means the robust loss / error under the module's threat model, ``loss`` / ``err`` the clean one:
 
     - ``adaptive_avg_rloss``, ``adaptive_avg_loss``: average-case adaptive sharpness, radius
-      ``adaptive_rho``, ``samples`` Gaussian draws per batch (:mod:`lit_robust.adaptive_sharpness`);
+      ``adaptive_rho``, ``adaptive_samples`` Gaussian draws per batch (:mod:`lit_robust.adaptive_sharpness`);
     - ``adaptive_worst_rloss_l2``, ``adaptive_worst_rloss_linf``, ``adaptive_worst_loss_l2``,
       ``adaptive_worst_loss_linf``: worst-case adaptive sharpness for p = 2 / inf, radius
       ``adaptive_rho_l2`` / ``adaptive_rho_linf``, ``steps`` ascent iterations;
@@ -157,6 +157,9 @@ class FlatnessMonitor(ScheduledMeasurement):
         adaptive_rho: radius of average-case adaptive sharpness (0.1).
         adaptive_rho_l2: radius of worst-case adaptive sharpness for p = 2 (0.5).
         adaptive_rho_linf: radius of worst-case adaptive sharpness for p = inf (0.002).
+        adaptive_samples: Gaussian draws per batch of average-case adaptive sharpness during fit (None:
+            ``samples``).
+        test_adaptive_samples: the same on test (None: ``test_samples``).
         hutchinson_samples: probe vectors of relative flatness and the Hessian trace during fit.
         test_hutchinson_samples: the same on test (100).
         pac_bayes_target: the deviation of the error PAC-Bayes flatness searches for (0.1).
@@ -174,7 +177,9 @@ class FlatnessMonitor(ScheduledMeasurement):
                  batch_size: int = 128, examples: int = 32, samples: int = 2, steps: int = 3, restarts: int = 1,
                  test_examples: int = 1000, test_samples: int = 10, test_steps: int = 20, test_restarts: int = 10,
                  average_xi: float = 0.5, worst_xi: float = 0.003, worst_lr: float = 0.001, parallel: int = 10,
-                 seed: int = 0, adaptive_rho: float = 0.1, adaptive_rho_l2: float = 0.5, adaptive_rho_linf: float = 0.002,
+                 seed: int = 0, adaptive_rho: float = 0.1, adaptive_rho_l2: float = 0.5,
+                 adaptive_rho_linf: float = 0.002,
+                 adaptive_samples: Optional[int] = None, test_adaptive_samples: Optional[int] = None,
                  hutchinson_samples: int = 10, test_hutchinson_samples: int = 100, pac_bayes_target: float = 0.1,
                  pac_bayes_search_depth: int = 15, pac_bayes_samples: int = 3, pac_bayes_epsilon: float = 1e-3) -> None:
         super().__init__(every_n_epochs, on_test)
@@ -184,9 +189,13 @@ class FlatnessMonitor(ScheduledMeasurement):
         for name, value in (("adaptive_rho", adaptive_rho), ("adaptive_rho_l2", adaptive_rho_l2),
                             ("adaptive_rho_linf", adaptive_rho_linf)):
             check(value > 0, name, value, "a number > 0 (radius of the weight perturbations)")
-        for name, value in (("hutchinson_samples", hutchinson_samples),
+        adaptive_samples = samples if adaptive_samples is None else adaptive_samples
+        test_adaptive_samples = test_samples if test_adaptive_samples is None else test_adaptive_samples
+        for name, value in (("adaptive_samples", adaptive_samples), ("test_adaptive_samples", test_adaptive_samples),
+                            ("hutchinson_samples", hutchinson_samples),
                             ("test_hutchinson_samples", test_hutchinson_samples),
-                            ("pac_bayes_search_depth", pac_bayes_search_depth), ("pac_bayes_samples", pac_bayes_samples)):
+                            ("pac_bayes_search_depth", pac_bayes_search_depth),
+                            ("pac_bayes_samples", pac_bayes_samples)):
             check(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
         check(0.01 < pac_bayes_target < 1, "pac_bayes_target", pac_bayes_target,
               "a number in (0.01, 1) (the search stops within 0.01 of it)")
@@ -205,9 +214,9 @@ class FlatnessMonitor(ScheduledMeasurement):
         self.batch_size = batch_size
         self.settings = {
             "fit": dict(examples=examples, samples=samples, steps=steps, restarts=restarts,
-                        hutchinson_samples=hutchinson_samples),
+                        hutchinson_samples=hutchinson_samples, adaptive_samples=adaptive_samples),
             "test": dict(examples=test_examples, samples=test_samples, steps=test_steps, restarts=test_restarts,
-                         hutchinson_samples=test_hutchinson_samples),
+                         hutchinson_samples=test_hutchinson_samples, adaptive_samples=test_adaptive_samples),
         }
         self.average_xi, self.worst_xi, self.worst_lr = average_xi, worst_xi, worst_lr
         self.parallel = parallel
@@ -234,9 +243,9 @@ class FlatnessMonitor(ScheduledMeasurement):
             p = "inf" if measure.endswith("linf") else "2"
             rho = self.adaptive_rho["avg" if case == "average" else ("linf" if p == "inf" else "l2")]
             return lambda model, batches, reduce, generator: adaptive_sharpness(
-                model, batches, case=case, loss=parts[2], rho=rho, p=p, samples=s["samples"], iterations=s["steps"],
-                steps=s["steps"], reference_steps=s["steps"], reference_restarts=s["restarts"], max_examples=None,
-                parallel=self.parallel, reduce=reduce, generator=generator, **attack)
+                model, batches, case=case, loss=parts[2], rho=rho, p=p, samples=s["adaptive_samples"],
+                iterations=s["steps"], steps=s["steps"], reference_steps=s["steps"], reference_restarts=s["restarts"],
+                max_examples=None, parallel=self.parallel, reduce=reduce, generator=generator, **attack)
         if measure.startswith("pac_bayes_"):
             return lambda model, batches, reduce, generator: pac_bayes_flatness(
                 model, batches, error=parts[-1], magnitude_aware=parts[2] == "mag", steps=s["steps"],

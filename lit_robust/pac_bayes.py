@@ -70,7 +70,7 @@ def pac_bayes_flatness(model: nn.Module, loader: Iterable, error: ErrorKind = "r
                        max_examples: Optional[int] = 1000, which: Selection = "all",
                        reduce: Optional[Reduce] = None,
                        generator: Optional[torch.Generator] = None) -> PacBayesResult:
-    """1/sigma'^2 of Jiang et al. (2020): the largest Gaussian weight noise that raises the (robust) error by ``target``.
+    """1/sigma'^2 of Jiang et al. (2020), sigma' the largest weight noise raising the (robust) error by ``target``.
 
     Args:
         model: the network; left exactly as it was.

@@ -51,7 +51,7 @@ def trained(model: nn.Module, x, y, steps: int = 60) -> nn.Module:
 
 
 def rescaled(model: nn.Sequential, alpha: torch.Tensor) -> nn.Sequential:
-    """Hidden neuron i's incoming weights and bias times alpha_i, its outgoing weights over alpha_i: the same function."""
+    """Hidden neuron i's incoming weights and bias times alpha_i, its outgoing ones over alpha_i: the same function."""
     copy = mlp()
     copy.load_state_dict(model.state_dict())
     with torch.no_grad():
@@ -127,7 +127,8 @@ def test_relative_flatness_matches_the_exact_hessian_blocks(data):
     # Petzka et al. Def. 3: sum_{s, s'} <w_s, w_s'> Tr(H_{s,s'})
     kappa = sum(float(w[s] @ w[t]) * float(torch.diagonal(h[s, :, t, :]).sum()) for s in range(3) for t in range(3))
     samples = 1500
-    result = relative_flatness(model, [(x, y)], loss="loss", samples=samples, generator=torch.Generator().manual_seed(0))
+    result = relative_flatness(model, [(x, y)], loss="loss", samples=samples,
+                               generator=torch.Generator().manual_seed(0))
     assert abs(result.flatness - kappa) < 4 * result.std / math.sqrt(samples) + 1e-5
     assert abs(kappa) > 10 * result.std / math.sqrt(samples)  # the comparison is not trivially met
 
@@ -248,11 +249,12 @@ def test_report_correlates_every_measure(tmp_path):
 
     from scipy.stats import kendalltau
 
-    from lit_robust.report import kendall, make_report, pearson
+    from lit_robust.report import kendall, load_run, pearson, write_measure_tables
 
     runs, values = [], {"rloss": [1.6, 1.2, 1.0, 1.4, 1.1], "rloss_train": [0.3, 0.6, 0.7, 0.5, 0.6],
                         "rerr": [0.4, 0.3, 0.25, 0.35, 0.3], "rerr_train": [0.1, 0.2, 0.2, 0.15, 0.1],
-                        "hessian_trace_rloss": [9.0, 5.0, 2.0, 7.0, 5.0], "adaptive_avg_rloss": [0.1, 0.3, 0.2, 0.4, 0.5]}
+                        "hessian_trace_rloss": [9.0, 5.0, 2.0, 7.0, 5.0],
+                        "adaptive_avg_rloss": [0.1, 0.3, 0.2, 0.4, 0.5]}
     for i in range(5):
         run = tmp_path / f"run{i}"
         run.mkdir()
@@ -262,8 +264,8 @@ def test_report_correlates_every_measure(tmp_path):
                    "flatness/adaptive_avg_rloss": values["adaptive_avg_rloss"][i]}
         (run / "metrics.json").write_text(json.dumps(metrics))
         runs.append(str(run))
-    summary = make_report(runs, str(tmp_path / "out"))
-    table = list(csv.reader(open(summary["measures_csv"])))
+    md_path, csv_path = write_measure_tables([load_run(run) for run in runs], str(tmp_path))
+    table = list(csv.reader(open(csv_path)))
     rows = {row[0]: dict(zip(table[0], row)) for row in table[1:]}
     assert set(rows) == {"flatness/hessian_trace_rloss", "flatness/adaptive_avg_rloss"}
     trace = values["hessian_trace_rloss"]
@@ -273,4 +275,26 @@ def test_report_correlates_every_measure(tmp_path):
         assert float(row[f"Pearson {target}"]) == pytest.approx(pearson(trace, ys), abs=1e-3)
         assert float(row[f"Kendall {target}"]) == pytest.approx(kendalltau(trace, ys).statistic, abs=1e-3)
     assert kendall([1, 2, 3, 3], [1, 3, 2, 2]) == pytest.approx(kendalltau([1, 2, 3, 3], [1, 3, 2, 2]).statistic)
-    assert "| flatness/adaptive_avg_rloss | 5 |" in open(summary["measures_md"]).read()
+    assert "| flatness/adaptive_avg_rloss | 5 |" in open(md_path).read()
+
+
+def test_measures_config_runs_every_measure_from_the_command_line(tmp_path):
+    import json
+
+    from tests.conftest import ROOT, run_train
+
+    at = os.path.join(ROOT, "configs", "digits", "at.yaml")
+    config = os.path.join(ROOT, "configs", "callbacks", "measures.yaml")
+    code = run_train(["test", "--config", at, "--config", config, "--trainer.limit_test_batches", "1",
+                      "--trainer.enable_progress_bar", "false", "--model.init_args.model.init_args.width", "2",
+                      "--model.init_args.test_steps", "1", "--model.init_args.test_restarts", "1",
+                      "--model.init_args.test_on_train", "false", "--trainer.callbacks.test_splits", "[eval]",
+                      "--trainer.callbacks.test_examples", "8", "--trainer.callbacks.test_samples", "1",
+                      "--trainer.callbacks.test_steps", "1", "--trainer.callbacks.test_restarts", "1",
+                      "--trainer.callbacks.test_hutchinson_samples", "1", "--trainer.callbacks.test_adaptive_samples",
+                      "1", "--trainer.callbacks.pac_bayes_search_depth", "1"], cwd=str(tmp_path))
+    assert code == 0
+    (path,) = tmp_path.glob("logs/*/version_0/metrics.json")
+    metrics = json.loads(path.read_text())
+    for name in EXTRA_MEASURES:
+        assert math.isfinite(metrics[f"flatness/{name}"]), name
