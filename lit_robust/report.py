@@ -326,6 +326,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         parser.exit(2, f"error: {error}\n")
     with open(summary["table_md"]) as f:
         log.info(f.read())
+    with open(summary["measures_md"]) as f:
+        log.info("Correlation of each measure with robust generalisation:\n" + f.read())
     for name, r in summary["pearson"].items():
         log.info(f"Pearson r, {name}: {r:.3f}")
     log.info(f"Report written to {args.out}")
