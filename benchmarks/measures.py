@@ -29,7 +29,7 @@ from lit_robust.evaluation import loader  # noqa: E402
 from lit_robust.modules import AdversarialModule  # noqa: E402
 
 TEST_SETTINGS = dict(test_examples=200, test_samples=10, test_steps=10, test_restarts=3, test_hutchinson_samples=10,
-                     test_adaptive_samples=5, pac_bayes_search_depth=6, pac_bayes_samples=1)
+                     test_adaptive_samples=4, pac_bayes_search_depth=5, pac_bayes_samples=1)
 
 
 class EpochClock(Callback):
