@@ -7,5 +7,5 @@ from callbacks.swa import StochasticWeightAveraging
 from callbacks.weight_averaging import ExponentialMovingAverage, WeightAveraging
 from callbacks.weight_clipping import WeightClipping
 
-__all__ = ["ExponentialMovingAverage", "FlatnessMonitor", "LandscapeMonitor", "RobustEarlyStopping", "StochasticWeightAveraging",
-           "WeightAveraging", "WeightClipping"]
+__all__ = ["ExponentialMovingAverage", "FlatnessMonitor", "LandscapeMonitor", "RobustEarlyStopping",
+           "StochasticWeightAveraging", "WeightAveraging", "WeightClipping"]
