@@ -4,6 +4,7 @@ an uninterrupted one, ensemble included."""
 
 import functools
 import math
+import os
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from callbacks import StochasticWeightAveraging
 from lit_robust.attacks import PGD
 from lit_robust.errors import ConfigurationError
 from lit_robust.models import SmallCNN
@@ -139,3 +141,35 @@ def test_batches_without_indices_are_refused():
 def test_bad_settings_are_refused(kwargs, setting):
     with pytest.raises(ConfigurationError, match=f"^{setting}="):
         TemporalEnsembling(SmallCNN(width=4), **kwargs)
+
+
+class SaveEnsemblePerRank(Callback):
+    """Writes this process's ensemble, the indices it trained on, and its final state (weights and batch
+    normalisation's statistics) to ``rank<r>.pt``."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.indices = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.indices.append(batch[2].clone())
+
+    def on_train_end(self, trainer, pl_module):
+        torch.save({"ensemble": pl_module.ensemble_predictions.cpu(), "indices": torch.cat(self.indices),
+                    "weights": torch.cat([v.detach().float().flatten() for v in pl_module.state_dict().values()])},
+                   os.path.join(self.directory, f"rank{trainer.global_rank}.pt"))
+
+
+def test_two_process_ddp_holds_one_ensemble_and_one_swa_average(digits, tmp_path):
+    te = module(start_epoch=0, end_epoch=1)
+    trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, limit_train_batches=2,
+                      limit_val_batches=0, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                      enable_model_summary=False, inference_mode=False, default_root_dir=str(tmp_path),
+                      callbacks=[SaveEnsemblePerRank(str(tmp_path)), StochasticWeightAveraging(swa_start=0)])
+    trainer.fit(te, datamodule=digits)
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert torch.equal(rank0["ensemble"], rank1["ensemble"])
+    updated = set(torch.nonzero(rank0["ensemble"].sum(dim=1)).flatten().tolist())
+    assert updated == set(rank0["indices"].tolist()) | set(rank1["indices"].tolist())
+    assert not set(rank0["indices"].tolist()) >= set(rank1["indices"].tolist())  # the ranks saw different examples
+    assert torch.equal(rank0["weights"], rank1["weights"])  # the SWA weights, batch normalisation included
