@@ -32,12 +32,12 @@ class EqualAverage:
 
 
 class StochasticWeightAveraging(AveragedWeightsInValidation):
-    """SWA (Izmailov et al. 2018, Eq. 2 with cycle length c): the equal average of the weights collected
+    """SWA (Izmailov et al. 2018, with cycle length c): the equal average of the weights collected
     at the end of every ``cycle_epochs``-th epoch from epoch ``swa_start`` on,
     ``w_swa <- (n_models * w_swa + w) / (n_models + 1)``, followed by one pass over the training data
     to recompute batch normalisation's statistics for ``w_swa``
     (``torch.optim.swa_utils.update_bn``). Chen et al. (ICLR 2021, "Robust overfitting may be
-    mitigated by properly learned smoothening", Sec. 3) use it inside PGD-AT to smooth the weights.
+    mitigated by properly learned smoothening") use it inside PGD-AT to smooth the weights.
 
     Defaults of the official code of Chen et al. (VITA-Group/Alleviate-Robust-Overfitting):
     collection starts at epoch 55 (0-based; shortly after the first learning-rate decay of its

@@ -1,4 +1,4 @@
-"""KDSWA (Chen et al. ICLR 2021, Eq. 2): the loss on a fixed batch against a reference written from the equation;
+"""KDSWA (Chen et al. ICLR 2021): the loss on a fixed batch against a reference written from the equation;
 the teachers are frozen, outside the module's parameters and state_dict, loaded from checkpoints of this library."""
 
 import functools
@@ -23,7 +23,7 @@ def teachers():
 
 def reference_loss(logits, robust_logits, standard_logits, y, temperature=2.0, robust_weight=0.6,
                    standard_weight=0.1):
-    """Eq. 2 written out: (1 - l_R - l_S) CE + sum_teacher l T^2 sum_k q_k log(q_k / p_k), softmaxes at T."""
+    """The distillation objective written out: (1 - l_R - l_S) CE + sum_teacher l T^2 sum_k q_k log(q_k / p_k), softmaxes at T."""
     def kl(teacher):
         q = torch.softmax(teacher / temperature, dim=1)
         p = torch.softmax(logits / temperature, dim=1)
@@ -33,7 +33,7 @@ def reference_loss(logits, robust_logits, standard_logits, y, temperature=2.0, r
         + standard_weight * kl(standard_logits)
 
 
-def test_loss_is_eq_2_on_the_adversarial_examples(digits):
+def test_loss_is_the_distillation_objective_on_the_adversarial_examples(digits):
     robust, standard = teachers()
     torch.manual_seed(0)
     module = KDSWA(SmallCNN(width=4), robust_teacher=robust, standard_teacher=standard, **ATTACKS)

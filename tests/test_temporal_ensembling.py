@@ -79,7 +79,7 @@ def test_ensemble_is_the_moving_average_of_clean_predictions(digits, tmp_path):
     assert len(te.ensemble_predictions) == len(digits.train_set)
 
 
-def test_loss_on_a_fixed_batch_is_eq_5():
+def test_loss_on_a_fixed_batch_is_the_te_objective():
     te = module(start_epoch=0, end_epoch=4)
     te.log_dict = te.log = lambda *a, **k: None
     torch.manual_seed(1)

@@ -25,7 +25,7 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
 class KDSWA(AdversarialModule):
     """PGD-AT whose outer loss distils a robust and a standard teacher; with
     :class:`~callbacks.swa.StochasticWeightAveraging` it is "KD+SWA" of Chen et al. (ICLR 2021, "Robust
-    overfitting may be mitigated by properly learned smoothening", Sec. 3.1, Eq. 2):
+    overfitting may be mitigated by properly learned smoothening"), whose distillation objective is
 
     min_w E[(1 - lambda_R - lambda_S) CE(f(x'; w), y) + lambda_R T^2 KL(f_R(x') / T || f(x'; w) / T)
             + lambda_S T^2 KL(f_S(x') / T || f(x'; w) / T)],
@@ -38,6 +38,9 @@ class KDSWA(AdversarialModule):
     snapshot of a PGD-AT run and the best-accuracy snapshot of standard training, trained beforehand
     (no self-teacher), and the student's SWA is the callback's.
 
+    The paper's text is not among the project's papers: the objective and its defaults are those of
+    the paper's method description as the official code implements them.
+
     Differences from the official code: it writes the distillation term as the cross-entropy
     against the teacher's softened distribution, which is this KL plus the teacher's entropy, a
     constant in w (same gradient, logged loss higher by that constant); its attack runs with
@@ -45,7 +48,8 @@ class KDSWA(AdversarialModule):
 
     The teachers are frozen (``requires_grad`` off, eval mode, no gradients) and kept out of the
     registered module tree (as the weight-perturbing variants' extra state), so ``parameters()``,
-    ``state_dict()``, checkpoints and weight averaging see only the student.
+    ``state_dict()``, checkpoints and weight averaging see only the student (weight averaging's copy of
+    the module holds a copy of the teachers, which it never averages or swaps).
 
     Per training step with PGD-K: K forward and K input-only backward passes of the student for
     the attack, one forward and one full backward pass for the update, plus one forward pass of
@@ -109,7 +113,7 @@ class KDSWA(AdversarialModule):
         h = self.hparams
         # inner maximisation: PGD-AT's, on the student
         x_adv = self.train_attack(self.model, x, y)
-        # outer minimisation (Eq. 2): CE and distillation of both teachers on the adversarial examples
+        # outer minimisation (the distillation objective): CE and distillation of both teachers on the adversarial examples
         logits = self.model(x_adv)
         robust_teacher, standard_teacher = self.teachers
         with torch.no_grad():

@@ -36,7 +36,7 @@ class TemporalEnsemblePGD(PGD):
 
 
 class TemporalEnsembling(AdversarialModule):
-    """PGD-AT with temporal ensembling (TE; Dong et al. ICLR 2022, Sec. 5, Eq. 5; Laine and Aila 2017):
+    """PGD-AT with temporal ensembling (TE; Dong et al. ICLR 2022, its TE objective; Laine and Aila 2017):
 
     p_bar(x_i) <- alpha p_bar(x_i) + (1 - alpha) softmax(f(x_i)) whenever example i is in a batch,
     p~(x_i) = p_bar(x_i) / sum_k p_bar_k(x_i) (bias correction of the zero start),
@@ -46,6 +46,9 @@ class TemporalEnsembling(AdversarialModule):
     with w(t) = weight * exp(-5 (1 - (t - t_0) / (t_1 - t_0))^2) for t_0 <= t <= t_1 (the sigmoid-shaped
     ramp-up of Laine and Aila), 0 before t_0 (plain PGD-AT, no ensemble update) and ``weight`` after.
     softmax(f(x)) is the clean prediction in eval mode without gradients.
+
+    The paper's text is not among the project's papers: the objective and its defaults are the
+    official code's (``train_te.py``, ``loss.py``), which the paper's method description follows.
 
     Defaults are the official code's (dongyp13/memorization-AT, ``train_te.py``): alpha = 0.9,
     weight = 300, ramp-up over epochs 90 to 150 of 200 (1-based there; ``start_epoch = 89`` and
@@ -138,7 +141,7 @@ class TemporalEnsembling(AdversarialModule):
             x_adv = self.train_attack(self.model, x, y)
         finally:
             self.train_attack.ensemble = None
-        # outer minimisation (Eq. 5)
+        # outer minimisation: CE + w(t) * ensemble term
         logits = self.model(x_adv)
         loss = F.cross_entropy(logits, y)
         if ensemble_targets is not None:
