@@ -110,9 +110,12 @@ def _fit(directory, max_epochs, ckpt_path=None):
     return snapshot(module), swa.num_averaged
 
 
-def test_resume_ends_like_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("first_epochs", [1, 2], ids=["before_swa_start", "after_swa_start"])
+def test_resume_ends_like_an_uninterrupted_run(tmp_path, first_epochs):
     uninterrupted, count = _fit(tmp_path / "a", 4)
-    _fit(tmp_path / "b", 2)
+    _fit(tmp_path / "b", first_epochs)
+    saved = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)
+    assert int(saved["averaging_state"]["n_averaged"]) == first_epochs - SWA_START
     resumed, resumed_count = _fit(tmp_path / "b", 4, ckpt_path=str(tmp_path / "b" / "last.ckpt"))
     assert count == resumed_count == 3
     assert close(resumed, uninterrupted, atol=1e-5)
