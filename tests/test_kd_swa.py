@@ -23,7 +23,8 @@ def teachers():
 
 def reference_loss(logits, robust_logits, standard_logits, y, temperature=2.0, robust_weight=0.6,
                    standard_weight=0.1):
-    """The distillation objective written out: (1 - l_R - l_S) CE + sum_teacher l T^2 sum_k q_k log(q_k / p_k), softmaxes at T."""
+    """The distillation objective written out: (1 - l_R - l_S) CE + sum over teachers of
+    l T^2 sum_k q_k log(q_k / p_k), q and p the softmaxes at T."""
     def kl(teacher):
         q = torch.softmax(teacher / temperature, dim=1)
         p = torch.softmax(logits / temperature, dim=1)

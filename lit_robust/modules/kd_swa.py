@@ -113,7 +113,7 @@ class KDSWA(AdversarialModule):
         h = self.hparams
         # inner maximisation: PGD-AT's, on the student
         x_adv = self.train_attack(self.model, x, y)
-        # outer minimisation (the distillation objective): CE and distillation of both teachers on the adversarial examples
+        # outer minimisation: CE and the distillation of both teachers on the adversarial examples
         logits = self.model(x_adv)
         robust_teacher, standard_teacher = self.teachers
         with torch.no_grad():
