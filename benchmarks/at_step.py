@@ -14,7 +14,12 @@
    through a ``Trainer``, interleaved over ``repeats`` rounds; prints the median time per training
    batch relative to PGD-AT. All variants get the same batches: half of each comes from a
    pseudo-labelled ``.npz`` (PseudoLabeledDataModule), which UnlabeledAT requires and the others
-   treat as any batch (x, y).
+   treat as any batch (x, y). Variants with requirements of their own: ``KDSWA`` gets two untrained
+   teachers of the same network; ``TemporalEnsembling`` runs with its ensemble from the first epoch
+   on plain batches (it needs example indices, which the pseudo-labelled pairs do not carry).
+   ``PGDAT+SWA`` is PGD-AT with the ``StochasticWeightAveraging`` callback collecting from the first
+   epoch: its per-step cost; the collection's pass over the training data at the epoch's end is
+   outside the timed steps.
 
 A step is timed from ``on_train_batch_start`` to ``on_train_batch_end`` (the batch is already on the
 device), with the device synchronised at both ends; the first two steps of every run are dropped.
@@ -45,7 +50,8 @@ sys.path.insert(0, ROOT)
 import lit_robust.modules  # noqa: E402
 from lit_robust.data import AdversarialDataModule, PseudoLabeledDataModule  # noqa: E402
 from lit_robust.models import ResNet18, SmallCNN  # noqa: E402
-from lit_robust.modules import PGDAT, AdversarialModule  # noqa: E402
+from callbacks import StochasticWeightAveraging  # noqa: E402
+from lit_robust.modules import KDSWA, PGDAT, AdversarialModule, TemporalEnsembling  # noqa: E402
 from lit_robust.modules.base import paper_sgd  # noqa: E402
 
 WARMUP = 2
@@ -157,6 +163,23 @@ def variants() -> List[type]:
     return sorted(found, key=lambda cls: (cls is not PGDAT, cls.__name__))
 
 
+def contenders() -> List[type]:
+    """The variants, then PGD-AT with SWA."""
+    return variants() + [WithSWA]
+
+
+def variant_settings(cls: type, make_network: Callable[[], nn.Module]) -> Dict[str, object]:
+    """What a variant needs beyond the common settings."""
+    if cls is KDSWA:
+        return {"robust_teacher": make_network(), "standard_teacher": make_network()}
+    if cls is TemporalEnsembling:
+        return {"start_epoch": 0, "end_epoch": 1}
+    return {}
+
+
+# PGD-AT with the StochasticWeightAveraging callback, listed as one more contender
+WithSWA = type("PGDAT+SWA", (), {})
+
 def variants_against_pgd_at(args, device: torch.device) -> None:
     make_network, shape, epsilon, step_size = NETWORKS[args.network]
     with tempfile.TemporaryDirectory() as directory:
@@ -164,25 +187,30 @@ def variants_against_pgd_at(args, device: torch.device) -> None:
         rng = np.random.default_rng(0)
         np.savez(path, images=rng.integers(0, 256, (args.batch_size,) + shape[1:] + shape[:1], dtype=np.uint8),
                  labels=rng.integers(0, 10, args.batch_size))
+        plain = RandomImages(shape, args.steps * args.batch_size, args.batch_size)
         datamodule = PseudoLabeledDataModule(RandomImages(shape, args.steps * args.batch_size, args.batch_size), path)
         modules, times, skipped = {}, {}, {}
-        for cls in variants():
+        for cls in contenders():
             torch.manual_seed(0)
             try:
-                modules[cls] = cls(make_network(), epsilon=epsilon, step_size=step_size, train_steps=7)
+                modules[cls] = (PGDAT if cls is WithSWA else cls)(
+                    make_network(), epsilon=epsilon, step_size=step_size, train_steps=7,
+                    **variant_settings(cls, make_network))
             except Exception as error:  # a variant's own requirements, reported rather than fatal
                 skipped[cls] = f"{type(error).__name__}: {error}"
         for _ in range(args.repeats):
             for cls, module in list(modules.items()):
+                data = plain if cls is TemporalEnsembling else datamodule
+                callback = StochasticWeightAveraging(swa_start=0) if cls is WithSWA else None
                 try:
-                    times.setdefault(cls, []).extend(lightning_times(module, datamodule, args.steps, device.type))
+                    times.setdefault(cls, []).extend(lightning_times(module, data, args.steps, device.type, callback))
                 except Exception as error:
                     skipped[cls] = f"{type(error).__name__}: {error}"
                     del modules[cls]
     reference = statistics.median(times[PGDAT])
     print(f"\nTime per training batch relative to PGD-AT (PGD-7), {args.network}, batch {args.batch_size}, "
           f"{device.type}:")
-    for cls in variants():
+    for cls in contenders():
         if cls in modules:
             median = statistics.median(times[cls])
             print(f"  {cls.__name__:<24} {median * 1e3:9.2f} ms  {median / reference:6.2f}x")

@@ -36,44 +36,21 @@ class ExponentialMovingAverage:
                 average.copy_(value)
 
 
-class WeightAveraging(LightningWeightAveraging):
-    """A running exponential average of the weights (papers/001 Eq. 8, which follows Gowal et al. 2020).
-
-    ``w_bar(t) = tau * w_bar(t - 1) + (1 - tau) * w(t)`` after every optimizer step ``t``, with tau =
-    ``decay`` (the paper uses 0.98, 0.985, 0.99 and 0.9975). Built on Lightning's
-    :class:`~pytorch_lightning.callbacks.WeightAveraging`, which keeps the average in an
-    ``AveragedModel``, swaps it into the module for validation, copies it into the module when
-    training ends (so test sees it) and saves it as the checkpoint's ``state_dict`` (the current
-    weights go to ``current_model_state``, from which a resumed run continues).
-
-    Unlike Lightning's callback, the averaged weights stay in the module for the whole validation
-    run, up to ``on_validation_end``, so that every callback measuring during validation (held-out
-    early stopping, flatness) sees the averaged weights whatever its place in the callback list;
-    checkpoints written in between still hold the averaged weights in ``state_dict``.
-
-    The average starts from the weights after the first iteration (``AveragedModel`` copies them);
-    the paper does not say where it starts, and the difference decays as tau^t.
-
-    Args:
-        decay: tau of Eq. 8, in (0, 1).
-        average_buffers: also average the buffers (batch normalisation's running mean and variance)
-            with Eq. 8. When ``False`` the averaged weights are used with the current model's
-            batch-normalisation statistics, copied at every update. The paper averages "the
-            model's weights" and does not say; the default ``True`` averages everything, as
-            Lightning does.
-        device: keep the average on this device (e.g. ``"cpu"`` to save accelerator memory);
-            default the module's device.
+class AveragedWeightsInValidation(LightningWeightAveraging):
+    """Lightning's :class:`~pytorch_lightning.callbacks.WeightAveraging` with the averaged weights in the
+    module for the whole validation run, up to ``on_validation_end``, so that every callback measuring
+    during validation (held-out early stopping, flatness) sees the averaged weights whatever its place
+    in the callback list; checkpoints written in between still hold the averaged weights in
+    ``state_dict``. Subclasses choose the average (EMA, SWA) and when it is updated.
     """
 
-    def __init__(self, decay: float = 0.99, average_buffers: bool = True, device: Optional[str] = None) -> None:
-        super().__init__(device=device, use_buffers=average_buffers, multi_avg_fn=ExponentialMovingAverage(decay))
-        self.decay = decay
-        self.average_buffers = average_buffers
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._swapped = False
 
     @override
     def on_validation_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        """Swap the averaged weights (Eq. 8 of papers/001) into the module for validation."""
+        """Swap the averaged weights into the module for validation."""
         if self._average_model is not None and not self._swapped:
             self._swap_models(pl_module)
             self._swapped = True
@@ -105,6 +82,39 @@ class WeightAveraging(LightningWeightAveraging):
                                              if name.startswith("module.")}
         checkpoint["averaging_state"] = {name: value for name, value in state.items()
                                          if not name.startswith("module.")}
+
+
+class WeightAveraging(AveragedWeightsInValidation):
+    """A running exponential average of the weights (papers/001 Eq. 8, which follows Gowal et al. 2020).
+
+    ``w_bar(t) = tau * w_bar(t - 1) + (1 - tau) * w(t)`` after every optimizer step ``t``, with tau =
+    ``decay`` (the paper uses 0.98, 0.985, 0.99 and 0.9975). Built on Lightning's
+    :class:`~pytorch_lightning.callbacks.WeightAveraging`, which keeps the average in an
+    ``AveragedModel``, swaps it into the module for validation, copies it into the module when
+    training ends (so test sees it) and saves it as the checkpoint's ``state_dict`` (the current
+    weights go to ``current_model_state``, from which a resumed run continues).
+
+    Unlike Lightning's callback, the averaged weights stay in the module for the whole validation
+    run (see :class:`AveragedWeightsInValidation`).
+
+    The average starts from the weights after the first iteration (``AveragedModel`` copies them);
+    the paper does not say where it starts, and the difference decays as tau^t.
+
+    Args:
+        decay: tau of Eq. 8, in (0, 1).
+        average_buffers: also average the buffers (batch normalisation's running mean and variance)
+            with Eq. 8. When ``False`` the averaged weights are used with the current model's
+            batch-normalisation statistics, copied at every update. The paper averages "the
+            model's weights" and does not say; the default ``True`` averages everything, as
+            Lightning does.
+        device: keep the average on this device (e.g. ``"cpu"`` to save accelerator memory);
+            default the module's device.
+    """
+
+    def __init__(self, decay: float = 0.99, average_buffers: bool = True, device: Optional[str] = None) -> None:
+        super().__init__(device=device, use_buffers=average_buffers, multi_avg_fn=ExponentialMovingAverage(decay))
+        self.decay = decay
+        self.average_buffers = average_buffers
 
     @property
     def state_key(self) -> str:

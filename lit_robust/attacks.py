@@ -167,7 +167,7 @@ class PGD:
         for _ in range(self.steps):
             delta.requires_grad_(True)
             logits = model(x + delta)
-            losses = per_example_loss(logits, y, self.loss, clean_logits)
+            losses = self.objective(logits, y, clean_logits)
             (grad,) = torch.autograd.grad(losses.sum(), delta)
             delta = delta.detach()
             if self.keep_best:
@@ -177,8 +177,12 @@ class PGD:
         if score_last:
             with torch.no_grad():
                 last.logits = model(last.x_adv)
-                last.loss = per_example_loss(last.logits, y, self.loss, clean_logits)
+                last.loss = self.objective(last.logits, y, clean_logits)
         return self._keep(best, last) if self.keep_best else last
+
+    def objective(self, logits: Tensor, y: Tensor, clean_logits: Optional[Tensor]) -> Tensor:
+        """The per-example loss the attack maximises (``loss``); attacks with an extra term override it."""
+        return per_example_loss(logits, y, self.loss, clean_logits)
 
     @staticmethod
     def _keep(best: Optional[AttackResult], new: AttackResult) -> AttackResult:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, run_train
+from tests.test_configs_vision import stack
 
 DIGITS_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "digits", "*.yaml")))
 FAST = ["--trainer.fast_dev_run", "1", "--trainer.accelerator", "cpu",
@@ -21,8 +22,18 @@ FAST = ["--trainer.fast_dev_run", "1", "--trainer.accelerator", "cpu",
 
 
 def extra_arguments(config, tmp_path):
-    """Arguments a config needs from the user (a pseudo-labelled data file)."""
-    if "PseudoLabeledDataModule" not in open(config).read():
+    """Arguments a config needs from the user (a pseudo-labelled data file, teacher checkpoints)."""
+    text = open(config).read()
+    if "lit_robust.modules.KDSWA" in text:
+        import torch
+
+        from lit_robust.models import SmallCNN
+        from lit_robust.modules import PGDAT
+
+        path = str(tmp_path / "teacher.ckpt")
+        torch.save({"state_dict": PGDAT(SmallCNN(activation="relu")).state_dict()}, path)
+        return ["--model.init_args.robust_teacher", path, "--model.init_args.standard_teacher", path]
+    if "PseudoLabeledDataModule" not in text:
         return []
     path = tmp_path / "pseudo.npz"
     rng = np.random.default_rng(0)
@@ -37,7 +48,8 @@ def test_there_are_digits_configs():
 
 @pytest.mark.parametrize("config", DIGITS_CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_digits_config_runs(config, tmp_path):
-    code = run_train(["fit", "--config", config] + FAST + extra_arguments(config, tmp_path), cwd=str(tmp_path))
+    files = [argument for path in stack(config) for argument in ("--config", path)]
+    code = run_train(["fit"] + files + FAST + extra_arguments(config, tmp_path), cwd=str(tmp_path))
     assert code == 0
 
 

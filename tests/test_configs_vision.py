@@ -110,6 +110,16 @@ def data_arguments(config, data_dir, tmp_path):
     return arguments
 
 
+def teacher_arguments(files, config, data_dir, tmp_path):
+    """Teacher checkpoints for KDSWA: the AT recipe's network at initialisation, saved as this library does."""
+    if not str((config.get("model") or {}).get("class_path", "")).endswith("KDSWA"):
+        return []
+    teacher = parse(files[:1], data_dir, *network_arguments(config)).model
+    path = str(tmp_path / "teacher.ckpt")
+    torch.save({"state_dict": teacher.state_dict()}, path)
+    return ["--model.init_args.robust_teacher", path, "--model.init_args.standard_teacher", path]
+
+
 def config_arguments(files):
     return [argument for path in files for argument in ("--config", path)]
 
@@ -148,7 +158,7 @@ def test_configs_are_found():
 def test_config_runs(config, data_dir, tmp_path):
     files = stack(config)
     arguments = (["fit"] + config_arguments(files) + data_arguments(merged(files), data_dir, tmp_path) + FAST
-                 + network_arguments(merged(files)))
+                 + network_arguments(merged(files)) + teacher_arguments(files, merged(files), data_dir, tmp_path))
     assert run_train(arguments, cwd=str(tmp_path)) == 0
     assert os.path.exists(tmp_path / "metrics.json")
 

@@ -13,8 +13,9 @@ from torch import nn
 
 from lit_robust.errors import ConfigurationError
 from lit_robust.models import SmallCNN
-from lit_robust.modules import AMP, AWP, MART, PGDAT, TRADES, FastAT, StandardTraining
+from lit_robust.modules import AMP, AWP, KDSWA, MART, PGDAT, TRADES, FastAT, StandardTraining, TemporalEnsembling
 
+TEACHERS = dict(robust_teacher=SmallCNN(width=8), standard_teacher=SmallCNN(width=8))
 SMALL_ATTACKS = dict(epsilon=0.1, step_size=0.025, val_steps=3, val_restarts=1, test_steps=5, test_restarts=2)
 
 
@@ -48,11 +49,18 @@ def count_passes(module, batch):
     (AMP, dict(inner_iterations=2), (17, 14, 3)),
     (FastAT, {}, (2, 1, 1)),
     (StandardTraining, {}, (1, 0, 1)),
+    (KDSWA, TEACHERS, (8, 7, 1)),  # + one forward pass of each teacher, not counted (not the student)
+    (TemporalEnsembling, {}, (8, 7, 1)),  # before start_epoch: PGD-AT
+    (TemporalEnsembling, dict(start_epoch=0), (9, 7, 1)),  # + the clean prediction for the ensemble
 ], ids=lambda v: v.__name__ if isinstance(v, type) else None)
 def test_passes_per_step_with_pgd7(cls, kwargs, expected, digits):
     torch.manual_seed(0)
     module = cls(SmallCNN(width=8), train_steps=7, **SMALL_ATTACKS, **kwargs)
-    assert count_passes(module, next(iter(digits.train_dataloader()))) == expected
+    batch = next(iter(digits.train_dataloader()))
+    if cls is TemporalEnsembling:  # a buffer per training example: the batch's indices, the ensemble started
+        batch = (*batch, torch.arange(len(batch[1])))
+        module.ensemble_predictions = torch.zeros(len(digits.train_set), digits.num_classes)
+    assert count_passes(module, batch) == expected
 
 
 def step_and_attack(module, batch):
@@ -101,6 +109,11 @@ def test_standard_training_is_accurate_but_not_robust(digits, tmp_path):
     (AMP, dict(delta=-0.1), "delta"), (AMP, dict(xi=0.0), "xi"), (AMP, dict(inner_iterations=0), "inner_iterations"),
     (AMP, dict(base_loss="awp"), "base_loss"), (FastAT, dict(step_factor=0.0), "step_factor"),
     (FastAT, dict(norm="l2"), "norm"),
+    (KDSWA, dict(robust_teacher="missing.ckpt"), "robust_teacher"),
+    (KDSWA, dict(TEACHERS, temperature=0.0), "temperature"),
+    (KDSWA, dict(TEACHERS, robust_weight=0.95), "standard_weight"),
+    (TemporalEnsembling, dict(momentum=1.0), "momentum"), (TemporalEnsembling, dict(weight=-1.0), "weight"),
+    (TemporalEnsembling, dict(start_epoch=10, end_epoch=10), "end_epoch"),
 ])
 def test_bad_settings_fail_at_construction(cls, kwargs, setting):
     with pytest.raises(ConfigurationError, match=f"^{setting}="):

@@ -12,6 +12,9 @@ from lit_robust.modules.rotation import RotationSelfSupervised
 from lit_robust.modules.standard import StandardTraining
 from lit_robust.modules.trades import TRADES
 from lit_robust.modules.unlabeled_at import UnlabeledAT
+from lit_robust.modules.kd_swa import KDSWA
+from lit_robust.modules.temporal_ensembling import TemporalEnsembling
 
 __all__ = ["AMP", "AWP", "AdversarialModule", "EntropySGD", "FastAT", "FriendlyAT", "MART", "PGDAT",
-           "RotationSelfSupervised", "StandardTraining", "TRADES", "UnlabeledAT"]
+           "RotationSelfSupervised", "StandardTraining", "TRADES", "UnlabeledAT",
+           "KDSWA", "TemporalEnsembling"]
