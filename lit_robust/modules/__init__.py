@@ -12,6 +12,10 @@ from lit_robust.modules.rotation import RotationSelfSupervised
 from lit_robust.modules.standard import StandardTraining
 from lit_robust.modules.trades import TRADES
 from lit_robust.modules.unlabeled_at import UnlabeledAT
+from lit_robust.modules.consistency import Consistency
+from lit_robust.modules.sam import SAM
+from lit_robust.modules.hat import HAT
 
 __all__ = ["AMP", "AWP", "AdversarialModule", "EntropySGD", "FastAT", "FriendlyAT", "MART", "PGDAT",
-           "RotationSelfSupervised", "StandardTraining", "TRADES", "UnlabeledAT"]
+           "RotationSelfSupervised", "StandardTraining", "TRADES", "UnlabeledAT",
+           "Consistency", "SAM", "HAT"]
