@@ -13,7 +13,7 @@ from torch import nn
 
 from lit_robust.errors import ConfigurationError
 from lit_robust.models import SmallCNN
-from lit_robust.modules import AMP, AWP, MART, PGDAT, TRADES, FastAT, StandardTraining
+from lit_robust.modules import AMP, AWP, HAT, MART, PGDAT, SAM, TRADES, Consistency, FastAT, StandardTraining
 
 SMALL_ATTACKS = dict(epsilon=0.1, step_size=0.025, val_steps=3, val_restarts=1, test_steps=5, test_restarts=2)
 
@@ -48,10 +48,15 @@ def count_passes(module, batch):
     (AMP, dict(inner_iterations=2), (17, 14, 3)),
     (FastAT, {}, (2, 1, 1)),
     (StandardTraining, {}, (1, 0, 1)),
+    (Consistency, {}, (8, 7, 1)),  # as PGD-AT, on both views (2B examples) at once
+    (SAM, {}, (9, 7, 2)),  # + ascent pass at w, as AWP
+    (SAM, dict(adaptive=True), (9, 7, 2)),
+    (HAT, dict(standard_model=SmallCNN(width=8)), (11, 7, 1)),  # TRADES' + helper pass (+ 1 of the standard network)
 ], ids=lambda v: v.__name__ if isinstance(v, type) else None)
 def test_passes_per_step_with_pgd7(cls, kwargs, expected, digits):
     torch.manual_seed(0)
     module = cls(SmallCNN(width=8), train_steps=7, **SMALL_ATTACKS, **kwargs)
+    digits.train_views = getattr(cls, "train_views", 1)
     assert count_passes(module, next(iter(digits.train_dataloader()))) == expected
 
 
@@ -78,7 +83,7 @@ def fit_and_test(module, datamodule, root, max_epochs=4):
     return trainer.test(module, datamodule=datamodule, verbose=False)[0]
 
 
-@pytest.mark.parametrize("cls", [TRADES, MART, AWP, AMP, FastAT], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [TRADES, MART, AWP, AMP, FastAT, SAM, Consistency], ids=lambda c: c.__name__)
 def test_trains_robust_on_digits(cls, digits, tmp_path):
     torch.manual_seed(0)
     module = cls(small_network(), train_steps=3, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3), **SMALL_ATTACKS)
@@ -101,6 +106,13 @@ def test_standard_training_is_accurate_but_not_robust(digits, tmp_path):
     (AMP, dict(delta=-0.1), "delta"), (AMP, dict(xi=0.0), "xi"), (AMP, dict(inner_iterations=0), "inner_iterations"),
     (AMP, dict(base_loss="awp"), "base_loss"), (FastAT, dict(step_factor=0.0), "step_factor"),
     (FastAT, dict(norm="l2"), "norm"),
+    (Consistency, dict(lam=-1.0), "lam"), (Consistency, dict(temperature=0.0), "temperature"),
+    (SAM, dict(rho=0.0), "rho"), (SAM, dict(eta=-0.01), "eta"), (SAM, dict(which="biases"), "which"),
+    (SAM, dict(adaptive="yes"), "adaptive"), (SAM, dict(base_loss="awp"), "base_loss"),
+    (HAT, dict(beta=-1.0, standard_model=SmallCNN(width=4)), "beta"),
+    (HAT, dict(gamma=-0.5, standard_model=SmallCNN(width=4)), "gamma"),
+    (HAT, dict(h=1.0, standard_model=SmallCNN(width=4)), "h"), (HAT, {}, "standard_checkpoint"),
+    (HAT, dict(standard_model="resnet18"), "standard_model"),
 ])
 def test_bad_settings_fail_at_construction(cls, kwargs, setting):
     with pytest.raises(ConfigurationError, match=f"^{setting}="):
