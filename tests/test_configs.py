@@ -21,8 +21,12 @@ FAST = ["--trainer.fast_dev_run", "1", "--trainer.accelerator", "cpu",
 
 
 def extra_arguments(config, tmp_path):
-    """Arguments a config needs from the user (a pseudo-labelled data file)."""
-    if "PseudoLabeledDataModule" not in open(config).read():
+    """Arguments a config needs from the user (a pseudo-labelled data file, HAT's standard network)."""
+    text = open(config).read()
+    if "modules.HAT" in text:  # an untrained standard network, used as it is
+        return ["--model.init_args.standard_checkpoint", "null",
+                "--model.init_args.standard_model", "lit_robust.models.SmallCNN"]
+    if "PseudoLabeledDataModule" not in text:
         return []
     path = tmp_path / "pseudo.npz"
     rng = np.random.default_rng(0)
@@ -35,9 +39,16 @@ def test_there_are_digits_configs():
     assert os.path.join(ROOT, "configs", "digits", "at.yaml") in DIGITS_CONFIGS
 
 
+def stack(config):
+    """``config`` alone when it is a full recipe (it names the network), else after the AT recipe."""
+    if "class_path: lit_robust.models." in open(config).read():
+        return ["--config", config]
+    return ["--config", os.path.join(ROOT, "configs", "digits", "at.yaml"), "--config", config]
+
+
 @pytest.mark.parametrize("config", DIGITS_CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_digits_config_runs(config, tmp_path):
-    code = run_train(["fit", "--config", config] + FAST + extra_arguments(config, tmp_path), cwd=str(tmp_path))
+    code = run_train(["fit"] + stack(config) + FAST + extra_arguments(config, tmp_path), cwd=str(tmp_path))
     assert code == 0
 
 

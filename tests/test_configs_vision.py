@@ -110,6 +110,18 @@ def data_arguments(config, data_dir, tmp_path):
     return arguments
 
 
+def standard_network_arguments(config):
+    """HAT's standard network: an untrained copy of the (small) configured network, used as it is."""
+    model = config.get("model") or {}
+    if not str(model.get("class_path", "")).endswith("HAT"):
+        return []
+    network = (model.get("init_args") or {}).get("model") or {}
+    small = [argument.replace("--model.init_args.model.", "--model.init_args.standard_model.")
+             for argument in network_arguments(config)]
+    return ["--model.init_args.standard_checkpoint", "null",
+            "--model.init_args.standard_model", str(network["class_path"])] + small
+
+
 def config_arguments(files):
     return [argument for path in files for argument in ("--config", path)]
 
@@ -148,7 +160,7 @@ def test_configs_are_found():
 def test_config_runs(config, data_dir, tmp_path):
     files = stack(config)
     arguments = (["fit"] + config_arguments(files) + data_arguments(merged(files), data_dir, tmp_path) + FAST
-                 + network_arguments(merged(files)))
+                 + network_arguments(merged(files)) + standard_network_arguments(merged(files)))
     assert run_train(arguments, cwd=str(tmp_path)) == 0
     assert os.path.exists(tmp_path / "metrics.json")
 
