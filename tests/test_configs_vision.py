@@ -277,3 +277,17 @@ def test_baseline_logs_val_rerr_every_epoch(data_dir, tmp_path):
         header, *rows = [line.strip().split(",") for line in f]
     epochs = {row[header.index("epoch")] for row in rows if row[header.index("val/rerr")]}
     assert epochs == {"0", "1"}
+
+
+def test_remedies_hold_the_official_settings(data_dir):
+    """Consistency (lambda 1, T 0.5, AutoAugment + Cutout), SAM (rho 0.05), ASAM (rho 0.5, eta 0.01) and HAT
+    (beta 2.5, gamma 0.5, h 2) as their papers' official code runs them on CIFAR-10."""
+    consistency = parse(cifar10("at", "consistency"), data_dir)
+    assert (consistency.model.hparams.lam, consistency.model.hparams.temperature) == (1.0, 0.5)
+    steps = [type(step).__name__ for step in consistency.datamodule.train_transform.transforms]
+    assert "AutoAugment" in steps and consistency.datamodule.train_transform.transforms[-1].size == 16  # Cutout
+    sam, asam = parse(cifar10("at", "sam"), data_dir).model, parse(cifar10("at", "asam"), data_dir).model
+    assert (sam.hparams.adaptive, sam.rho, sam.hparams.which) == (False, 0.05, "trainable")
+    assert (asam.hparams.adaptive, asam.rho, asam.hparams.eta, asam.hparams.which) == (True, 0.5, 0.01, "trainable")
+    hat = parse(cifar10("at", "hat"), data_dir).model.hparams
+    assert (hat.beta, hat.gamma, hat.h) == (2.5, 0.5, 2.0) and hat.standard_checkpoint.endswith("last.ckpt")
