@@ -14,7 +14,9 @@
    through a ``Trainer``, interleaved over ``repeats`` rounds; prints the median time per training
    batch relative to PGD-AT. All variants get the same batches: half of each comes from a
    pseudo-labelled ``.npz`` (PseudoLabeledDataModule), which UnlabeledAT requires and the others
-   treat as any batch (x, y).
+   treat as any batch (x, y). A variant that asks for two views of each image (Consistency) gets them
+   from a data module of its own (twice the examples per batch), HAT gets an untrained standard
+   network of the same architecture, and SAM is timed as SAM and as ASAM (``adaptive=True``).
 
 A step is timed from ``on_train_batch_start`` to ``on_train_batch_end`` (the batch is already on the
 device), with the device synchronised at both ends; the first two steps of every run are dropped.
@@ -150,11 +152,23 @@ def lightning_against_plain(args, device: torch.device) -> None:
           f"ratio {lightning / pytorch:.3f} (target <= 1.05)")
 
 
-def variants() -> List[type]:
-    """Every AdversarialModule subclass that lit_robust.modules exports, PGD-AT first."""
+def variants() -> List[Tuple[str, type, Dict]]:
+    """Every AdversarialModule subclass that lit_robust.modules exports, PGD-AT first, as ``(name, class,
+    extra arguments)``; a variant with a switch that changes its cost (ASAM) appears once more with it."""
     found = [cls for _, cls in inspect.getmembers(lit_robust.modules, inspect.isclass)
              if issubclass(cls, AdversarialModule) and cls is not AdversarialModule]
-    return sorted(found, key=lambda cls: (cls is not PGDAT, cls.__name__))
+    entries = [(cls.__name__, cls, {}) for cls in sorted(found, key=lambda cls: (cls is not PGDAT, cls.__name__))]
+    return entries + [(f"{name} ({key}={value})", cls, {key: value})
+                      for name, cls, _ in entries for key, value in EXTRA_SETTINGS.get(name, [])]
+
+
+# settings timed besides each variant's defaults
+EXTRA_SETTINGS = {"SAM": [("adaptive", True)]}
+
+
+def requirements(cls: type, make_network: Callable[[], nn.Module]) -> Dict:
+    """Arguments a variant cannot run without: HAT's standard network (an untrained one times the same)."""
+    return {"standard_model": make_network()} if cls.__name__ == "HAT" else {}
 
 
 def variants_against_pgd_at(args, device: torch.device) -> None:
@@ -165,29 +179,34 @@ def variants_against_pgd_at(args, device: torch.device) -> None:
         np.savez(path, images=rng.integers(0, 256, (args.batch_size,) + shape[1:] + shape[:1], dtype=np.uint8),
                  labels=rng.integers(0, 10, args.batch_size))
         datamodule = PseudoLabeledDataModule(RandomImages(shape, args.steps * args.batch_size, args.batch_size), path)
-        modules, times, skipped = {}, {}, {}
-        for cls in variants():
+        modules, datamodules, times, skipped = {}, {}, {}, {}
+        for name, cls, extra in variants():
             torch.manual_seed(0)
             try:
-                modules[cls] = cls(make_network(), epsilon=epsilon, step_size=step_size, train_steps=7)
+                modules[name] = cls(make_network(), epsilon=epsilon, step_size=step_size, train_steps=7, **extra,
+                                    **requirements(cls, make_network))
             except Exception as error:  # a variant's own requirements, reported rather than fatal
-                skipped[cls] = f"{type(error).__name__}: {error}"
+                skipped[name] = f"{type(error).__name__}: {error}"
+            # a variant that asks for several views of each image gets a data module of its own to ask
+            datamodules[name] = (datamodule if getattr(cls, "train_views", 1) == 1
+                                 else RandomImages(shape, args.steps * args.batch_size, args.batch_size))
         for _ in range(args.repeats):
-            for cls, module in list(modules.items()):
+            for name, module in list(modules.items()):
                 try:
-                    times.setdefault(cls, []).extend(lightning_times(module, datamodule, args.steps, device.type))
+                    times.setdefault(name, []).extend(lightning_times(module, datamodules[name], args.steps,
+                                                                      device.type))
                 except Exception as error:
-                    skipped[cls] = f"{type(error).__name__}: {error}"
-                    del modules[cls]
-    reference = statistics.median(times[PGDAT])
+                    skipped[name] = f"{type(error).__name__}: {error}"
+                    del modules[name]
+    reference = statistics.median(times[PGDAT.__name__])
     print(f"\nTime per training batch relative to PGD-AT (PGD-7), {args.network}, batch {args.batch_size}, "
           f"{device.type}:")
-    for cls in variants():
-        if cls in modules:
-            median = statistics.median(times[cls])
-            print(f"  {cls.__name__:<24} {median * 1e3:9.2f} ms  {median / reference:6.2f}x")
+    for name, _, _ in variants():
+        if name in modules:
+            median = statistics.median(times[name])
+            print(f"  {name:<24} {median * 1e3:9.2f} ms  {median / reference:6.2f}x")
         else:
-            print(f"  {cls.__name__:<24} skipped ({skipped[cls]})")
+            print(f"  {name:<24} skipped ({skipped[name]})")
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 network that is loaded from a checkpoint of this library, frozen and kept out of the module."""
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -85,3 +86,20 @@ def test_bad_standard_checkpoints_fail_before_training(digits, tmp_path):
     fitting = HAT(SmallCNN(width=4), epsilon=0.1, step_size=0.025, standard_checkpoint=path,
                   standard_model=SmallCNN(width=8))  # the architecture given: a plain state dict loads
     assert isinstance(fitting.standard_network().network, SmallCNN)
+
+
+def test_the_documented_workflow_runs(tmp_path):
+    """configs/digits/hat.yaml's header: a standard run with a last.ckpt, then AT + HAT reading it."""
+    from tests.conftest import ROOT, run_train
+
+    digits = os.path.join(ROOT, "configs", "digits")
+    short = ["--trainer.enable_progress_bar", "false", "--model.init_args.model.init_args.width", "4"]
+    assert run_train(["fit", "--config", os.path.join(digits, "standard.yaml"),
+                      "--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint",
+                      "--trainer.callbacks.save_last=true", "--trainer.max_epochs", "1",
+                      "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "0",
+                      "--test_after_fit", "false"] + short, cwd=str(tmp_path)) == 0
+    assert run_train(["fit", "--config", os.path.join(digits, "at.yaml"), "--config", os.path.join(digits, "hat.yaml"),
+                      "--trainer.fast_dev_run", "1", "--model.init_args.train_steps", "2",
+                      "--model.init_args.test_steps", "2", "--model.init_args.test_restarts", "1"] + short,
+                     cwd=str(tmp_path)) == 0
