@@ -9,7 +9,7 @@ import torch
 from pytorch_lightning import Trainer
 
 from lit_robust.attacks import PGD
-from lit_robust.data import DigitsDataModule
+from lit_robust.data import DigitsDataModule, PseudoLabeledDataModule
 from lit_robust.data.views import AugmentedViews
 from lit_robust.errors import ConfigurationError
 from lit_robust.models import SmallCNN
@@ -115,3 +115,13 @@ def test_one_view_is_one_clear_error():
     x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 10, (4,))
     with pytest.raises(ConfigurationError, match="two augmented views"):
         module.training_step((x, y), 0)
+
+
+def test_a_data_module_without_views_fails_before_training(digits, tmp_path):
+    path = tmp_path / "pseudo.npz"
+    np.savez(path, images=np.zeros((8, 8, 8, 1), dtype=np.uint8), labels=np.zeros(8, dtype=np.int64))
+    module = Consistency(SmallCNN(width=4), epsilon=0.1, step_size=0.025, train_steps=2)
+    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    with pytest.raises(ConfigurationError, match="^data='PseudoLabeledDataModule' is not allowed"):
+        trainer.fit(module, datamodule=PseudoLabeledDataModule(digits, str(path)))

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lit_robust.data.base import AdversarialDataModule
 from lit_robust.errors import ConfigurationError, check
 from lit_robust.losses import jensen_shannon
 from lit_robust.modules.base import AdversarialModule
@@ -23,8 +24,9 @@ class Consistency(AdversarialModule):
     official code's (alinlab/consistency-adversarial). The two views come from the data module:
     :meth:`setup` sets ``train_views = 2`` on it (every data module of :mod:`lit_robust.data` that uses
     the base training loader draws the augmentation twice, see
-    :class:`~lit_robust.data.views.AugmentedViews`); a batch that is not ``([X_1, X_2], Y)`` is an
-    error. The augmentation is the data module's (the paper's best is AutoAugment with Cutout, the
+    :class:`~lit_robust.data.views.AugmentedViews`; one with a training loader of its own, as
+    PseudoLabeledDataModule, is an error before training), and a batch that is not ``([X_1, X_2], Y)``
+    is an error. The augmentation is the data module's (the paper's best is AutoAugment with Cutout, the
     ``autoaugment`` option of the CIFAR data modules; on digits, ``shift``); without any, the two
     views are the same image, still attacked from two random starts.
 
@@ -55,11 +57,13 @@ class Consistency(AdversarialModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and datamodule is not None:
-            if not hasattr(datamodule, "train_views"):
+            if not (isinstance(datamodule, AdversarialDataModule)
+                    and type(datamodule).train_dataloader is AdversarialDataModule.train_dataloader):
                 raise ConfigurationError(
                     f"data={type(datamodule).__name__!r} is not allowed: data must be a data module of "
-                    f"lit_robust.data (an AdversarialDataModule), which gives {self.train_views} augmented views "
-                    f"of every training image to {type(self).__name__}.")
+                    "lit_robust.data whose training loader is AdversarialDataModule's (e.g. DigitsDataModule, "
+                    f"CIFAR10DataModule), which gives {self.train_views} augmented views of every training image "
+                    f"to {type(self).__name__}.")
             datamodule.train_views = self.train_views
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:

@@ -1,13 +1,13 @@
 """Helper-based adversarial training, HAT (Rade and Moosavi-Dezfooli, ICLR 2022)."""
 
 import copy
-import logging
 import os
 import warnings
 from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lit_robust.attacks import PGD
@@ -15,8 +15,6 @@ from lit_robust.errors import ConfigurationError, check
 from lit_robust.losses import trades_loss
 from lit_robust.modules.base import AdversarialModule
 from lit_robust.modules.objectives import base_attack
-
-log = logging.getLogger(__name__)
 
 
 class FrozenNetwork:
@@ -135,7 +133,7 @@ class HAT(AdversarialModule):
                     f"standard_checkpoint={path!r} is not allowed: its network does not fit "
                     f"{type(network).__name__} ({str(error).splitlines()[0]}); standard_checkpoint must hold the "
                     "weights of standard_model, or of model's architecture when standard_model is null.") from error
-            log.info(f"HAT: standard network loaded from {path}")
+            rank_zero_info(f"HAT: standard network loaded from {path}")
             self._standard, self._standard_loaded = FrozenNetwork(network), True
         return self._standard
 
