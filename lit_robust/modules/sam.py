@@ -28,7 +28,7 @@ class SAM(BaseLossModule):
     the norms taken over all perturbed tensors together. The gradient of the robust loss at
     w + epsilon then updates w (SAM Eq. 3, dropping the second-order term as the paper does). ASAM's
     T_w makes the neighbourhood, and so the sharpness it minimises, invariant to rescaling the
-    weights of a ReLU network neuron by neuron (for eta = 0); the official ASAM code applies
+    weights of a ReLU network neuron by neuron (exactly for eta = 0 and no biases); the official ASAM code applies
     |w| + eta to every tensor whose name ends in ``weight`` (convolutional, linear and normalisation
     weights) and T_w = 1 to biases, and so does this module. Defaults are the papers' CIFAR-10 values
     and the official code's (SamsungLabs/ASAM): rho = 0.05 for SAM, rho = 0.5 and eta = 0.01 for
