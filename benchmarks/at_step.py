@@ -14,12 +14,14 @@
    through a ``Trainer``, interleaved over ``repeats`` rounds; prints the median time per training
    batch relative to PGD-AT. All variants get the same batches: half of each comes from a
    pseudo-labelled ``.npz`` (PseudoLabeledDataModule), which UnlabeledAT requires and the others
-   treat as any batch (x, y). Variants with requirements of their own: ``KDSWA`` gets two untrained
-   teachers of the same network; ``TemporalEnsembling`` runs with its ensemble from the first epoch
-   on plain batches (it needs example indices, which the pseudo-labelled pairs do not carry).
-   ``PGDAT+SWA`` is PGD-AT with the ``StochasticWeightAveraging`` callback collecting from the first
-   epoch: its per-step cost; the collection's pass over the training data at the epoch's end is
-   outside the timed steps.
+   treat as any batch (x, y). A variant that asks for two views of each image (Consistency) gets them
+   from a data module of its own (twice the examples per batch), HAT gets an untrained standard
+   network of the same architecture, ``KDSWA`` two untrained teachers of the same network,
+   ``TemporalEnsembling`` runs with its ensemble from the first epoch on plain batches (it needs
+   example indices, which the pseudo-labelled pairs do not carry), and SAM is timed as SAM and as
+   ASAM (``adaptive=True``). ``PGDAT+SWA`` is PGD-AT with the ``StochasticWeightAveraging`` callback
+   collecting from the first epoch: its per-step cost; the collection's pass over the training data at
+   the epoch's end is outside the timed steps.
 
 A step is timed from ``on_train_batch_start`` to ``on_train_batch_end`` (the batch is already on the
 device), with the device synchronised at both ends; the first two steps of every run are dropped.
@@ -156,29 +158,32 @@ def lightning_against_plain(args, device: torch.device) -> None:
           f"ratio {lightning / pytorch:.3f} (target <= 1.05)")
 
 
-def variants() -> List[type]:
-    """Every AdversarialModule subclass that lit_robust.modules exports, PGD-AT first."""
+def variants() -> List[Tuple[str, type, Dict]]:
+    """Every AdversarialModule subclass that lit_robust.modules exports, PGD-AT first, as ``(name, class,
+    extra arguments)``; a variant with a switch that changes its cost (ASAM) appears once more with it."""
     found = [cls for _, cls in inspect.getmembers(lit_robust.modules, inspect.isclass)
              if issubclass(cls, AdversarialModule) and cls is not AdversarialModule]
-    return sorted(found, key=lambda cls: (cls is not PGDAT, cls.__name__))
+    entries = [(cls.__name__, cls, {}) for cls in sorted(found, key=lambda cls: (cls is not PGDAT, cls.__name__))]
+    return entries + [(f"{name} ({key}={value})", cls, {key: value})
+                      for name, cls, _ in entries for key, value in EXTRA_SETTINGS.get(name, [])] + [
+        ("PGDAT+SWA", PGDAT, {})]
 
 
-def contenders() -> List[type]:
-    """The variants, then PGD-AT with SWA."""
-    return variants() + [WithSWA]
+# settings timed besides each variant's defaults
+EXTRA_SETTINGS = {"SAM": [("adaptive", True)]}
 
 
-def variant_settings(cls: type, make_network: Callable[[], nn.Module]) -> Dict[str, object]:
-    """What a variant needs beyond the common settings."""
+def requirements(cls: type, make_network: Callable[[], nn.Module]) -> Dict:
+    """Arguments a variant cannot run without (untrained networks time the same): HAT's standard network,
+    KDSWA's teachers; TemporalEnsembling's ensemble term from the first epoch."""
+    if cls.__name__ == "HAT":
+        return {"standard_model": make_network()}
     if cls is KDSWA:
         return {"robust_teacher": make_network(), "standard_teacher": make_network()}
     if cls is TemporalEnsembling:
         return {"start_epoch": 0, "end_epoch": 1}
     return {}
 
-
-# PGD-AT with the StochasticWeightAveraging callback, listed as one more contender
-WithSWA = type("PGDAT+SWA", (), {})
 
 def variants_against_pgd_at(args, device: torch.device) -> None:
     make_network, shape, epsilon, step_size = NETWORKS[args.network]
@@ -189,33 +194,36 @@ def variants_against_pgd_at(args, device: torch.device) -> None:
                  labels=rng.integers(0, 10, args.batch_size))
         plain = RandomImages(shape, args.steps * args.batch_size, args.batch_size)
         datamodule = PseudoLabeledDataModule(RandomImages(shape, args.steps * args.batch_size, args.batch_size), path)
-        modules, times, skipped = {}, {}, {}
-        for cls in contenders():
+        modules, datamodules, times, skipped = {}, {}, {}, {}
+        for name, cls, extra in variants():
             torch.manual_seed(0)
             try:
-                modules[cls] = (PGDAT if cls is WithSWA else cls)(
-                    make_network(), epsilon=epsilon, step_size=step_size, train_steps=7,
-                    **variant_settings(cls, make_network))
+                modules[name] = cls(make_network(), epsilon=epsilon, step_size=step_size, train_steps=7, **extra,
+                                    **requirements(cls, make_network))
             except Exception as error:  # a variant's own requirements, reported rather than fatal
-                skipped[cls] = f"{type(error).__name__}: {error}"
+                skipped[name] = f"{type(error).__name__}: {error}"
+            # a variant that asks for several views of each image gets a data module of its own to ask
+            datamodules[name] = (plain if cls is TemporalEnsembling else datamodule
+                                 if getattr(cls, "train_views", 1) == 1
+                                 else RandomImages(shape, args.steps * args.batch_size, args.batch_size))
         for _ in range(args.repeats):
-            for cls, module in list(modules.items()):
-                data = plain if cls is TemporalEnsembling else datamodule
-                callback = StochasticWeightAveraging(swa_start=0) if cls is WithSWA else None
+            for name, module in list(modules.items()):
                 try:
-                    times.setdefault(cls, []).extend(lightning_times(module, data, args.steps, device.type, callback))
+                    callback = StochasticWeightAveraging(swa_start=0) if name == "PGDAT+SWA" else None
+                    times.setdefault(name, []).extend(lightning_times(module, datamodules[name], args.steps,
+                                                                      device.type, callback))
                 except Exception as error:
-                    skipped[cls] = f"{type(error).__name__}: {error}"
-                    del modules[cls]
-    reference = statistics.median(times[PGDAT])
+                    skipped[name] = f"{type(error).__name__}: {error}"
+                    del modules[name]
+    reference = statistics.median(times[PGDAT.__name__])
     print(f"\nTime per training batch relative to PGD-AT (PGD-7), {args.network}, batch {args.batch_size}, "
           f"{device.type}:")
-    for cls in contenders():
-        if cls in modules:
-            median = statistics.median(times[cls])
-            print(f"  {cls.__name__:<24} {median * 1e3:9.2f} ms  {median / reference:6.2f}x")
+    for name, _, _ in variants():
+        if name in modules:
+            median = statistics.median(times[name])
+            print(f"  {name:<24} {median * 1e3:9.2f} ms  {median / reference:6.2f}x")
         else:
-            print(f"  {cls.__name__:<24} skipped ({skipped[cls]})")
+            print(f"  {name:<24} skipped ({skipped[name]})")
 
 
 def main() -> None:

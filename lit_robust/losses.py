@@ -1,5 +1,7 @@
 """Outer losses of adversarial training written from the papers' definitions (papers/001 Sec. G)."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -86,3 +88,25 @@ def mart_loss(clean_logits: Tensor, adversarial_logits: Tensor, y: Tensor, lam: 
     kl = per_example_loss(adversarial_logits, y, "kl", clean_logits)
     p_true = F.softmax(clean_logits.float(), dim=1).gather(1, y.view(-1, 1)).squeeze(1)
     return (mart_binary_cross_entropy(adversarial_logits, y) + lam * kl * (1.0 - p_true)).mean()
+
+
+def jensen_shannon(logits_1: Tensor, logits_2: Tensor, temperature: float = 1.0) -> Tensor:
+    """The Jensen-Shannon divergence between two temperature-scaled predictions, mean over the batch
+    (Tack et al. 2022, "Consistency regularization for adversarial robustness", the consistency loss):
+
+        JS(p_1, p_2) = (KL(p_1 || m) + KL(p_2 || m)) / 2,  p_i = softmax(z_i / T),  m = (p_1 + p_2) / 2.
+
+    log m is computed as a log-sum-exp of log p_1 and log p_2, which is exact where the official code
+    clamps m at 1e-8 before the logarithm. Gradients flow through both predictions.
+
+    Args:
+        logits_1: f(x_1), shape (B, K).
+        logits_2: f(x_2), shape (B, K).
+        temperature: T (0.5 in the official code).
+    """
+    log_p_1 = F.log_softmax(logits_1.float() / temperature, dim=1)
+    log_p_2 = F.log_softmax(logits_2.float() / temperature, dim=1)
+    log_m = torch.logaddexp(log_p_1, log_p_2) - math.log(2.0)
+    kl_1 = (log_p_1.exp() * (log_p_1 - log_m)).sum(dim=1)
+    kl_2 = (log_p_2.exp() * (log_p_2 - log_m)).sum(dim=1)
+    return 0.5 * (kl_1 + kl_2).mean()

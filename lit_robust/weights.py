@@ -60,6 +60,18 @@ def names_and_weights(model: nn.Module, which: Selection = "all") -> Tuple[List[
     return [name for name, _ in selected], [w for _, w in selected]
 
 
+def trainable_parameters(model: nn.Module) -> Tuple[List[str], List[nn.Parameter]]:
+    """Every trainable tensor of ``model``, normalisation layers included, as a list of names and a list
+    of tensors: the tensors an optimiser updates (AMP's Delta, SAM's and ASAM's epsilon); at least one.
+
+    Args:
+        model: the network.
+    """
+    selected = [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
+    check(len(selected) > 0, "model", type(model).__name__, "a network with trainable parameters")
+    return [name for name, _ in selected], [w for _, w in selected]
+
+
 def gaussian_direction(weights: Sequence[Tensor], generator: Optional[torch.Generator] = None) -> List[Tensor]:
     """A standard Gaussian tensor shaped like each of ``weights``, before any normalisation.
 

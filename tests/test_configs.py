@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, run_train
-from tests.test_configs_vision import stack
 
 DIGITS_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "digits", "*.yaml")))
 FAST = ["--trainer.fast_dev_run", "1", "--trainer.accelerator", "cpu",
@@ -22,7 +21,8 @@ FAST = ["--trainer.fast_dev_run", "1", "--trainer.accelerator", "cpu",
 
 
 def extra_arguments(config, tmp_path):
-    """Arguments a config needs from the user (a pseudo-labelled data file, teacher checkpoints)."""
+    """Arguments a config needs from the user (a pseudo-labelled data file, teacher checkpoints, HAT's
+    standard network)."""
     text = open(config).read()
     if "lit_robust.modules.KDSWA" in text:
         import torch
@@ -33,6 +33,9 @@ def extra_arguments(config, tmp_path):
         path = str(tmp_path / "teacher.ckpt")
         torch.save({"state_dict": PGDAT(SmallCNN(activation="relu")).state_dict()}, path)
         return ["--model.init_args.robust_teacher", path, "--model.init_args.standard_teacher", path]
+    if "modules.HAT" in text:  # an untrained standard network, used as it is
+        return ["--model.init_args.standard_checkpoint", "null",
+                "--model.init_args.standard_model", "lit_robust.models.SmallCNN"]
     if "PseudoLabeledDataModule" not in text:
         return []
     path = tmp_path / "pseudo.npz"
@@ -46,10 +49,16 @@ def test_there_are_digits_configs():
     assert os.path.join(ROOT, "configs", "digits", "at.yaml") in DIGITS_CONFIGS
 
 
+def stack(config):
+    """``config`` alone when it is a full recipe (it names the network), else after the AT recipe."""
+    if "class_path: lit_robust.models." in open(config).read():
+        return ["--config", config]
+    return ["--config", os.path.join(ROOT, "configs", "digits", "at.yaml"), "--config", config]
+
+
 @pytest.mark.parametrize("config", DIGITS_CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_digits_config_runs(config, tmp_path):
-    files = [argument for path in stack(config) for argument in ("--config", path)]
-    code = run_train(["fit"] + files + FAST + extra_arguments(config, tmp_path), cwd=str(tmp_path))
+    code = run_train(["fit"] + stack(config) + FAST + extra_arguments(config, tmp_path), cwd=str(tmp_path))
     assert code == 0
 
 

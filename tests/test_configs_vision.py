@@ -120,6 +120,18 @@ def teacher_arguments(files, config, data_dir, tmp_path):
     return ["--model.init_args.robust_teacher", path, "--model.init_args.standard_teacher", path]
 
 
+def standard_network_arguments(config):
+    """HAT's standard network: an untrained copy of the (small) configured network, used as it is."""
+    model = config.get("model") or {}
+    if not str(model.get("class_path", "")).endswith("HAT"):
+        return []
+    network = (model.get("init_args") or {}).get("model") or {}
+    small = [argument.replace("--model.init_args.model.", "--model.init_args.standard_model.")
+             for argument in network_arguments(config)]
+    return ["--model.init_args.standard_checkpoint", "null",
+            "--model.init_args.standard_model", str(network["class_path"])] + small
+
+
 def config_arguments(files):
     return [argument for path in files for argument in ("--config", path)]
 
@@ -158,7 +170,8 @@ def test_configs_are_found():
 def test_config_runs(config, data_dir, tmp_path):
     files = stack(config)
     arguments = (["fit"] + config_arguments(files) + data_arguments(merged(files), data_dir, tmp_path) + FAST
-                 + network_arguments(merged(files)) + teacher_arguments(files, merged(files), data_dir, tmp_path))
+                 + network_arguments(merged(files)) + teacher_arguments(files, merged(files), data_dir, tmp_path)
+                 + standard_network_arguments(merged(files)))
     assert run_train(arguments, cwd=str(tmp_path)) == 0
     assert os.path.exists(tmp_path / "metrics.json")
 
@@ -275,3 +288,17 @@ def test_baseline_logs_val_rerr_every_epoch(data_dir, tmp_path):
         header, *rows = [line.strip().split(",") for line in f]
     epochs = {row[header.index("epoch")] for row in rows if row[header.index("val/rerr")]}
     assert epochs == {"0", "1"}
+
+
+def test_remedies_hold_the_official_settings(data_dir):
+    """Consistency (lambda 1, T 0.5, AutoAugment + Cutout), SAM (rho 0.05), ASAM (rho 0.5, eta 0.01) and HAT
+    (beta 2.5, gamma 0.5, h 2) as their papers' official code runs them on CIFAR-10."""
+    consistency = parse(cifar10("at", "consistency"), data_dir)
+    assert (consistency.model.hparams.lam, consistency.model.hparams.temperature) == (1.0, 0.5)
+    steps = [type(step).__name__ for step in consistency.datamodule.train_transform.transforms]
+    assert "AutoAugment" in steps and consistency.datamodule.train_transform.transforms[-1].size == 16  # Cutout
+    sam, asam = parse(cifar10("at", "sam"), data_dir).model, parse(cifar10("at", "asam"), data_dir).model
+    assert (sam.hparams.adaptive, sam.rho, sam.hparams.which) == (False, 0.05, "trainable")
+    assert (asam.hparams.adaptive, asam.rho, asam.hparams.eta, asam.hparams.which) == (True, 0.5, 0.01, "trainable")
+    hat = parse(cifar10("at", "hat"), data_dir).model.hparams
+    assert (hat.beta, hat.gamma, hat.h) == (2.5, 0.5, 2.0) and hat.standard_checkpoint.endswith("last.ckpt")

@@ -13,7 +13,8 @@ from torch import nn
 
 from lit_robust.errors import ConfigurationError
 from lit_robust.models import SmallCNN
-from lit_robust.modules import AMP, AWP, KDSWA, MART, PGDAT, TRADES, FastAT, StandardTraining, TemporalEnsembling
+from lit_robust.modules import (AMP, AWP, HAT, KDSWA, MART, PGDAT, SAM, TRADES, Consistency, FastAT,
+                                StandardTraining, TemporalEnsembling)
 
 TEACHERS = dict(robust_teacher=SmallCNN(width=8), standard_teacher=SmallCNN(width=8))
 SMALL_ATTACKS = dict(epsilon=0.1, step_size=0.025, val_steps=3, val_restarts=1, test_steps=5, test_restarts=2)
@@ -52,6 +53,10 @@ def count_passes(module, batch):
     (KDSWA, TEACHERS, (8, 7, 1)),  # + one forward pass of each teacher, not counted (not the student)
     (TemporalEnsembling, {}, (8, 7, 1)),  # before start_epoch: PGD-AT
     (TemporalEnsembling, dict(start_epoch=0), (9, 7, 1)),  # + the clean prediction for the ensemble
+    (Consistency, {}, (8, 7, 1)),  # as PGD-AT, on both views (2B examples) at once
+    (SAM, {}, (9, 7, 2)),  # + ascent pass at w, as AWP
+    (SAM, dict(adaptive=True), (9, 7, 2)),
+    (HAT, dict(standard_model=SmallCNN(width=8)), (11, 7, 1)),  # TRADES' + helper pass (+ 1 of the standard network)
 ], ids=lambda v: v.__name__ if isinstance(v, type) else None)
 def test_passes_per_step_with_pgd7(cls, kwargs, expected, digits):
     torch.manual_seed(0)
@@ -60,6 +65,9 @@ def test_passes_per_step_with_pgd7(cls, kwargs, expected, digits):
     if cls is TemporalEnsembling:  # a buffer per training example: the batch's indices, the ensemble started
         batch = (*batch, torch.arange(len(batch[1])))
         module.ensemble_predictions = torch.zeros(len(digits.train_set), digits.num_classes)
+    digits.train_views = getattr(cls, "train_views", 1)
+    if digits.train_views > 1:
+        batch = next(iter(digits.train_dataloader()))
     assert count_passes(module, batch) == expected
 
 
@@ -86,7 +94,7 @@ def fit_and_test(module, datamodule, root, max_epochs=4):
     return trainer.test(module, datamodule=datamodule, verbose=False)[0]
 
 
-@pytest.mark.parametrize("cls", [TRADES, MART, AWP, AMP, FastAT], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [TRADES, MART, AWP, AMP, FastAT, SAM], ids=lambda c: c.__name__)
 def test_trains_robust_on_digits(cls, digits, tmp_path):
     torch.manual_seed(0)
     module = cls(small_network(), train_steps=3, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3), **SMALL_ATTACKS)
@@ -114,6 +122,13 @@ def test_standard_training_is_accurate_but_not_robust(digits, tmp_path):
     (KDSWA, dict(TEACHERS, robust_weight=0.95), "standard_weight"),
     (TemporalEnsembling, dict(momentum=1.0), "momentum"), (TemporalEnsembling, dict(weight=-1.0), "weight"),
     (TemporalEnsembling, dict(start_epoch=10, end_epoch=10), "end_epoch"),
+    (Consistency, dict(lam=-1.0), "lam"), (Consistency, dict(temperature=0.0), "temperature"),
+    (SAM, dict(rho=0.0), "rho"), (SAM, dict(eta=-0.01), "eta"), (SAM, dict(which="biases"), "which"),
+    (SAM, dict(adaptive="yes"), "adaptive"), (SAM, dict(base_loss="awp"), "base_loss"),
+    (HAT, dict(beta=-1.0, standard_model=SmallCNN(width=4)), "beta"),
+    (HAT, dict(gamma=-0.5, standard_model=SmallCNN(width=4)), "gamma"),
+    (HAT, dict(h=1.0, standard_model=SmallCNN(width=4)), "h"), (HAT, {}, "standard_checkpoint"),
+    (HAT, dict(standard_model="resnet18"), "standard_model"),
 ])
 def test_bad_settings_fail_at_construction(cls, kwargs, setting):
     with pytest.raises(ConfigurationError, match=f"^{setting}="):

@@ -5,6 +5,7 @@ from typing import Optional
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from lit_robust.data.views import AugmentedViews
 from lit_robust.errors import check
 
 
@@ -16,6 +17,10 @@ class AdversarialDataModule(LightningDataModule):
     first training images, without augmentation) in :meth:`setup`, and ``num_classes`` /
     ``image_shape`` in ``__init__``.
 
+    ``train_views`` (1 unless a module asks for more, e.g. consistency regularisation sets 2) is the
+    number of independently augmented views of every training image: above 1, a training batch is
+    ``([X_1, ..., X_views], Y)`` (see :class:`~lit_robust.data.views.AugmentedViews`).
+
     Args:
         batch_size: training batch size (per process under DDP).
         eval_batch_size: batch size of the three evaluation loaders (default: ``batch_size``).
@@ -24,6 +29,7 @@ class AdversarialDataModule(LightningDataModule):
 
     num_classes: int
     image_shape: tuple
+    train_views: int = 1
 
     def __init__(self, batch_size: int = 128, eval_batch_size: Optional[int] = None, num_workers: int = 0) -> None:
         super().__init__()
@@ -43,7 +49,11 @@ class AdversarialDataModule(LightningDataModule):
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True, batch_size=self.batch_size)
+        """The augmented training set; ``train_views`` views of every image when above 1."""
+        check(isinstance(self.train_views, int) and self.train_views >= 1, "train_views", self.train_views,
+              "an integer >= 1")
+        dataset = self.train_set if self.train_views == 1 else AugmentedViews(self.train_set, self.train_views)
+        return self._loader(dataset, shuffle=True, batch_size=self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         """The held-out split, used for early stopping."""

@@ -14,7 +14,10 @@ from lit_robust.modules.trades import TRADES
 from lit_robust.modules.unlabeled_at import UnlabeledAT
 from lit_robust.modules.kd_swa import KDSWA
 from lit_robust.modules.temporal_ensembling import TemporalEnsembling
+from lit_robust.modules.consistency import Consistency
+from lit_robust.modules.sam import SAM
+from lit_robust.modules.hat import HAT
 
 __all__ = ["AMP", "AWP", "AdversarialModule", "EntropySGD", "FastAT", "FriendlyAT", "MART", "PGDAT",
            "RotationSelfSupervised", "StandardTraining", "TRADES", "UnlabeledAT",
-           "KDSWA", "TemporalEnsembling"]
+           "KDSWA", "TemporalEnsembling", "Consistency", "SAM", "HAT"]

@@ -8,7 +8,7 @@ from torch import Tensor
 from lit_robust.errors import check
 from lit_robust.modules.objectives import BaseLossModule
 from lit_robust.modules.weight_perturbation import forward_at, mean_over_processes, running_stats_unchanged
-from lit_robust.weights import perturbed
+from lit_robust.weights import perturbed, trainable_parameters
 
 
 class AMP(BaseLossModule):
@@ -57,7 +57,7 @@ class AMP(BaseLossModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch
         h = self.hparams
-        names, theta = zip(*[(n, p) for n, p in self.model.named_parameters() if p.requires_grad])
+        names, theta = trainable_parameters(self.model)
         delta = [torch.zeros_like(p) for p in theta]
         for iteration in range(h.inner_iterations):
             with perturbed(theta, delta):
