@@ -25,4 +25,5 @@ clean:
 	rm -rf logs
 
 study: $(STAMP)
-	$(PY) -m lit_robust.study configs/study/digits.yaml --out study/digits
+	# two workers of one thread each: faster than one of two threads (docs/benchmarks.md)
+	$(PY) -m lit_robust.study configs/study/digits.yaml --out study/digits --launcher local --jobs 2

@@ -203,8 +203,9 @@ class Launcher:
         return executor
 
     def threads(self) -> int:
-        """CPU threads per local run: the cores shared out between the ``jobs`` runs at once."""
-        if self.kind != "local":
+        """CPU threads per run: ``cpus_per_run`` when given, else (local) the cores shared out between the
+        ``jobs`` runs at once."""
+        if self.kind != "local" or self.cpus_per_run:
             return self.cpus_per_run
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return max(1, cores // self.jobs)
@@ -394,7 +395,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--time", type=int, default=24 * 60, help="time limit per run in minutes (local and slurm)")
     parser.add_argument("--gpus-per-run", type=int, default=0,
                         help="GPUs per run (slurm: per array task; local: each run its own GPU(s))")
-    parser.add_argument("--cpus-per-run", type=int, default=0, help="slurm: CPUs per task (0: the cluster's default)")
+    parser.add_argument("--cpus-per-run", type=int, default=0, help="CPU threads per run (slurm: CPUs per task); 0: local cores // jobs, slurm the cluster's default")
     parser.add_argument("--array-parallelism", type=int, default=32, help="slurm: array tasks running at once")
     parser.add_argument("--no-wait", action="store_true", help="slurm: submit and return (report later)")
     parser.add_argument("--report-only", action="store_true", help="only write the report of the finished runs")
