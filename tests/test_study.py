@@ -45,12 +45,19 @@ def test_study_file_names_existing_recipes():
         assert method in names
 
 
-def test_bad_study_file_is_one_message(tmp_path):
+@pytest.mark.parametrize("text, args", [
+    ("runs:\n  - {name: at, configs: [missing.yaml]}\n", []),
+    (f"seeds: [0, 0]\nruns:\n  - {{name: at, configs: [{STUDY}]}}\n", []),
+    (f"runs:\n  - {{name: at, configs: [{STUDY}], seeds: 1}}\n", []),
+    (f"runs:\n  - {{name: at, configs: [{STUDY}]}}\n", ["--jobs", "0"]),
+])
+def test_bad_study_file_is_one_message(tmp_path, capsys, text, args):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("runs:\n  - {name: at, configs: [missing.yaml]}\n")
+    bad.write_text(text)
     with pytest.raises(SystemExit) as exit_:
-        main([str(bad), "--out", str(tmp_path / "out")])
+        main([str(bad), "--out", str(tmp_path / "out")] + args)
     assert exit_.value.code == 2
+    assert capsys.readouterr().err.count("error:") == 1
 
 
 # the local launcher's runs start new processes (imports dominate): no per-epoch measures there
