@@ -16,6 +16,8 @@ its test, event files with the per-epoch scalars, ``config.yaml``). The report w
 - ``measures.md`` / ``measures.csv``: for every ``flatness/*`` measure present in the runs, its
   Pearson and Kendall rank correlation over the runs with test RLoss, the RLoss gap (test - train
   RLoss), test RErr and the RErr gap (test - train RErr);
+- ``table_by_method.md`` / ``table_by_method.csv``: the same columns per method, as mean and
+  standard deviation over its seeds (runs named ``<method>_seed<S>``, as the study names them);
 
 and logs the same figures to TensorBoard in ``DIR``.
 """
@@ -27,6 +29,7 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -134,6 +137,72 @@ def write_tables(runs: Sequence[Run], out: str) -> Tuple[str, str]:
         f.write("|" + "---|" * len(rows[0]) + "\n")
         for row in rows[1:]:
             f.write("| " + " | ".join(row) + " |\n")
+    return md_path, csv_path
+
+
+SEED_SUFFIX = re.compile(r"_seed-?\d+$")
+
+
+def method_of(name: str) -> str:
+    """``at_seed1`` -> ``at``: the method of a run named by the study (a name without a seed is its own method)."""
+    return SEED_SUFFIX.sub("", name)
+
+
+def mean_and_std(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1) of the finite values; NaN where too few."""
+    finite = [v for v in values if math.isfinite(v)]
+    mean = float(np.mean(finite)) if finite else math.nan
+    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
+    return mean, std
+
+
+def method_statistics(runs: Sequence[Run]) -> Dict[str, Dict[str, object]]:
+    """Per method: its runs (seeds) and, per column key, the mean and std over them."""
+    groups: Dict[str, List[Run]] = {}
+    for run in runs:
+        groups.setdefault(method_of(run.name), []).append(run)
+    return {method: {"runs": [run.name for run in group],
+                     "columns": {key: mean_and_std([run.get(key) for run in group]) for _, key in COLUMNS}}
+            for method, group in groups.items()}
+
+
+def method_rows(runs: Sequence[Run]) -> List[List[str]]:
+    """Header and one row per method with ``mean ± std`` over its seeds, sorted by mean test RErr."""
+    statistics = method_statistics(runs)
+
+    def sort_key(method: str) -> Tuple[bool, float]:
+        columns = statistics[method]["columns"]
+        aa, pgd = columns["test/rerr_aa"][0], columns["test/rerr_pgd"][0]
+        value = aa if math.isfinite(aa) else pgd
+        return math.isnan(value), value
+
+    rows = [["Method", "Seeds"] + [title for title, _ in COLUMNS]]
+    for method in sorted(statistics, key=sort_key):
+        cells = []
+        for _, key in COLUMNS:
+            mean, std = statistics[method]["columns"][key]
+            cells.append(_format(mean) if math.isnan(std) or math.isnan(mean) else f"{mean:.3f} ± {std:.3f}")
+        rows.append([method, str(len(statistics[method]["runs"]))] + cells)
+    return rows
+
+
+def write_method_tables(runs: Sequence[Run], out: str) -> Tuple[str, str]:
+    """``table_by_method.md`` (``mean ± std``) and ``table_by_method.csv`` (mean and std columns) in ``out``."""
+    statistics = method_statistics(runs)
+    md_path, csv_path = os.path.join(out, "table_by_method.md"), os.path.join(out, "table_by_method.csv")
+    rows = method_rows(runs)
+    with open(md_path, "w") as f:
+        f.write("| " + " | ".join(rows[0]) + " |\n")
+        f.write("|" + "---|" * len(rows[0]) + "\n")
+        for row in rows[1:]:
+            f.write("| " + " | ".join(row) + " |\n")
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Method", "Seeds"] + [f"{title} {part}" for title, _ in COLUMNS for part in ("mean", "std")])
+        for method in (row[0] for row in rows[1:]):
+            columns = statistics[method]["columns"]
+            writer.writerow([method, len(statistics[method]["runs"])]
+                            + [_format(v) for _, key in COLUMNS for v in columns[key]])
     return md_path, csv_path
 
 
@@ -293,6 +362,7 @@ def make_report(run_dirs: Sequence[str], out: str) -> Dict[str, object]:
     os.makedirs(out, exist_ok=True)
     md_path, csv_path = write_tables(runs, out)
     measures_md, measures_csv = write_measure_tables(runs, out)
+    method_md, method_csv = write_method_tables(runs, out)
     fig1, correlations = figure_rloss_vs_flatness(runs)
     fig5 = figure_flatness_over_epochs(runs)
     gap, gap_r = figure_gap_vs_flatness(runs)
@@ -307,6 +377,7 @@ def make_report(run_dirs: Sequence[str], out: str) -> Dict[str, object]:
     writer.close()
     summary = {"runs": [run.name for run in runs], "table_md": md_path, "table_csv": csv_path, "figures": paths,
                "measures_md": measures_md, "measures_csv": measures_csv,
+               "table_by_method_md": method_md, "table_by_method_csv": method_csv,
                "pearson": {**{f"test/rloss_pgd vs {k}": v for k, v in correlations.items()},
                            "rloss gap vs flatness/avg_rloss": gap_r}}
     with open(os.path.join(out, "summary.json"), "w") as f:

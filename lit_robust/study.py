@@ -1,23 +1,34 @@
-"""Run a study (many recipes, one after the other), then the report.
+"""Run a study (many recipes, each over its seeds) through submitit, then the report.
 
-    python -m lit_robust.study configs/study/digits.yaml --out study/digits
+    python -m lit_robust.study configs/study/digits.yaml --out study/digits --jobs 2
+    python -m lit_robust.study configs/study/digits.yaml --out study/digits --launcher slurm \\
+        --partition gpu --time 240 --gpus-per-run 1 --array-parallelism 8
+    python -m lit_robust.study configs/study/digits.yaml --out study/digits --report-only
 
-A study file lists runs; each has a ``name`` and the ``configs`` given to ``train.py fit``
-(later files override earlier ones), and optionally ``args`` (more command-line arguments). The
-study's ``common`` configs and args go after every run's own. Each run logs to
-``OUT/<name>/version_0``; a run whose ``metrics.json`` exists is skipped, and a run that was
-interrupted resumes from its ``last.ckpt``, so the study can be stopped and started again.
-A progress line per run shows what was measured; at the end the report is written to
-``OUT/report``.
+A study file lists runs; each has a ``name`` and the ``configs`` given to ``lit-robust fit``
+(later files override earlier ones), and optionally ``args`` (more command-line arguments) and
+``seeds``. The study's ``common`` configs and args go after every run's own. ``seeds: [0, 1, 2]``
+(top level for every run, or per run) makes one run per seed, named ``<name>_seed<S>`` and given
+``--seed_everything S``; a run without seeds keeps its name and its recipe's seed.
+
+Each run logs to ``OUT/<name>/version_0`` and its output to ``OUT/<name>.log``; a run whose
+``metrics.json`` exists is skipped, and a run that was interrupted resumes from its ``last.ckpt``,
+so the study can be stopped and started again. A run that fails is reported with its log and does
+not stop the others; the exit status is 1 when any failed. The runs are handed to a submitit
+executor: ``local`` (``--jobs N`` processes at once, each with its share of the CPU threads or its
+own GPU), ``slurm`` (one job array for the whole study) or ``debug`` (in this process, one after
+the other). The report (``OUT/report``, see :mod:`lit_robust.report`) is written from the runs that
+have finished, at the end or at any time with ``--report-only``.
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import yaml
@@ -25,7 +36,16 @@ import yaml
 from lit_robust.report import make_report
 
 log = logging.getLogger(__name__)
-TRAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py")
+LAUNCHERS = ("local", "slurm", "debug")
+
+
+@dataclass
+class Run:
+    """One run of the study: its directory name, its method (the study entry) and its command line."""
+
+    name: str
+    method: str
+    argv: List[str] = field(default_factory=list)
 
 
 def load_study(path: str) -> Dict:
@@ -34,6 +54,7 @@ def load_study(path: str) -> Dict:
         study = yaml.safe_load(f)
     if not isinstance(study, dict) or not isinstance(study.get("runs"), list) or not study["runs"]:
         raise ValueError(f"{path}: a study file needs a non-empty list 'runs'")
+    _check_seeds(path, "seeds", study.get("seeds"))
     names = set()
     for i, run in enumerate(study["runs"]):
         if not isinstance(run, dict) or "name" not in run or not run.get("configs"):
@@ -41,84 +62,363 @@ def load_study(path: str) -> Dict:
         if run["name"] in names:
             raise ValueError(f"{path}: run name {run['name']!r} appears twice")
         names.add(run["name"])
+        _check_seeds(path, f"{run['name']}: seeds", run.get("seeds"))
         for config in run["configs"] + study.get("common", {}).get("configs", []):
             if not os.path.isfile(config):
                 raise ValueError(f"{path}: {run['name']}: config {config!r} does not exist")
     return study
 
 
+def _check_seeds(path: str, where: str, seeds) -> None:
+    if seeds is not None and (not isinstance(seeds, list) or not seeds
+                              or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+                              or len(set(seeds)) != len(seeds)):
+        raise ValueError(f"{path}: {where} must be a non-empty list of distinct integers (given: {seeds!r})")
+
+
 def run_directory(out: str, name: str) -> str:
     return os.path.join(out, name, "version_0")
 
 
-def command(study: Dict, run: Dict, out: str, extra: Sequence[str]) -> List[str]:
-    """The ``train.py fit`` command line of one run (resuming from ``last.ckpt`` when there is one)."""
+def log_path(out: str, name: str) -> str:
+    """The file with the output (stdout and stderr) of run ``name``."""
+    return os.path.join(out, name + ".log")
+
+
+def expand_runs(study: Dict) -> List[Run]:
+    """Every (study entry, seed) pair as a :class:`Run` (without its command line yet)."""
+    runs = []
+    for entry in study["runs"]:
+        seeds = entry.get("seeds", study.get("seeds"))
+        if seeds is None:
+            runs.append(Run(entry["name"], entry["name"]))
+        else:
+            runs += [Run(f"{entry['name']}_seed{seed}", entry["name"], ["--seed_everything", str(seed)])
+                     for seed in seeds]
+    return runs
+
+
+def command(study: Dict, entry: Dict, run: Run, out: str, extra: Sequence[str]) -> List[str]:
+    """The ``lit-robust fit`` arguments of one run (resuming from ``last.ckpt`` when there is one)."""
     common = study.get("common", {})
-    args = [sys.executable, TRAIN, "fit"]
-    for config in run["configs"] + common.get("configs", []):
+    args = ["fit"]
+    for config in entry["configs"] + common.get("configs", []):
         args += ["--config", config]
-    args += [str(a) for a in run.get("args", []) + common.get("args", [])] + list(extra)
-    args += ["--trainer.logger.init_args.save_dir", out, "--trainer.logger.init_args.name", run["name"],
+    args += [str(a) for a in entry.get("args", []) + common.get("args", [])] + list(run.argv) + list(extra)
+    args += ["--trainer.logger.init_args.save_dir", out, "--trainer.logger.init_args.name", run.name,
              "--trainer.logger.init_args.version", "0", "--trainer.enable_progress_bar", "false"]
-    last = os.path.join(run_directory(out, run["name"]), "checkpoints", "last.ckpt")
+    last = os.path.join(run_directory(out, run.name), "checkpoints", "last.ckpt")
     if os.path.isfile(last):
         args += ["--ckpt_path", last]
     return args
 
 
-def progress_line(index: int, total: int, name: str, seconds: float, metrics: Dict) -> str:
+def execute(argv: List[str], output: str, threads: int = 0) -> int:
+    """One run, as a submitit job: ``lit_robust.cli.main(argv)`` with stdout and stderr appended to
+    ``output`` and ``threads`` CPU threads (0: leave as is). Returns the exit status; never raises, so
+    that a failed run is a result, not an exception in the executor."""
+    if threads > 0:
+        for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[variable] = str(threads)
+    with open(output, "a", buffering=1) as stream, _redirected(stream):
+        stream.write("$ lit-robust " + " ".join(argv) + "\n")
+        try:
+            import torch
+
+            from lit_robust.cli import main as cli_main
+
+            if threads > 0:
+                torch.set_num_threads(threads)
+            cli_main(list(argv))
+            return 0
+        except SystemExit as exit_:
+            code = exit_.code
+            return code if isinstance(code, int) else (0 if code is None else 1)
+        except BaseException:  # noqa: B902 - any error of the run ends up in its log
+            import traceback
+
+            traceback.print_exc()
+            return 1
+
+
+@contextlib.contextmanager
+def _redirected(stream):
+    """Send file descriptors 1 and 2, ``sys.stdout``/``sys.stderr`` and the root logger to ``stream``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    os.dup2(stream.fileno(), 1)
+    os.dup2(stream.fileno(), 2)
+    handler = logging.StreamHandler(stream)
+    logging.getLogger().addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+            yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        stream.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
+@dataclass
+class Launcher:
+    """Where the runs go: the submitit executor and its settings."""
+
+    kind: str = "local"
+    jobs: int = 1
+    partition: Optional[str] = None
+    time: int = 24 * 60
+    gpus_per_run: int = 0
+    array_parallelism: int = 32
+    cpus_per_run: int = 0
+
+    def check(self) -> None:
+        for name, value, ok, allowed in (
+                ("--launcher", self.kind, self.kind in LAUNCHERS, " or ".join(LAUNCHERS)),
+                ("--jobs", self.jobs, self.jobs >= 1, "an integer >= 1"),
+                ("--time", self.time, self.time >= 1, "minutes >= 1"),
+                ("--gpus-per-run", self.gpus_per_run, self.gpus_per_run >= 0, "an integer >= 0"),
+                ("--array-parallelism", self.array_parallelism, self.array_parallelism >= 1, "an integer >= 1"),
+                ("--cpus-per-run", self.cpus_per_run, self.cpus_per_run >= 0, "an integer >= 0")):
+            if not ok:
+                raise ValueError(f"{name}={value!r} is not allowed; allowed: {allowed}")
+
+    def executor(self, folder: str):
+        """The submitit executor; its own logs (pickles, job stdout) go to ``folder``."""
+        import submitit
+
+        if self.kind == "debug":
+            return submitit.DebugExecutor(folder)
+        if self.kind == "local":
+            executor = submitit.LocalExecutor(folder)
+            executor.update_parameters(timeout_min=self.time)
+            return executor
+        executor = submitit.SlurmExecutor(folder)
+        executor.update_parameters(time=self.time, gpus_per_node=self.gpus_per_run or None,
+                                   cpus_per_task=self.cpus_per_run or None, array_parallelism=self.array_parallelism,
+                                   partition=self.partition, job_name="lit_robust_study")
+        return executor
+
+    def threads(self) -> int:
+        """CPU threads per run: ``cpus_per_run`` when given, else (local) the cores shared out between the
+        ``jobs`` runs at once."""
+        if self.kind != "local" or self.cpus_per_run:
+            return self.cpus_per_run
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // self.jobs)
+
+
+def local_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # no usable CUDA: CPU runs
+        return 0
+
+
+class Progress:
+    """Finished / running / failed counts with elapsed times."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.start, self.started = total, time.time(), {}
+        self.finished, self.failed = [], []
+
+    def line(self) -> str:
+        now = time.time()
+        running = ", ".join(f"{name} {(now - t) / 60:.1f} min" for name, t in self.started.items())
+        return (f"[{(now - self.start) / 60:.1f} min] finished {len(self.finished)}/{self.total}, "
+                f"running {len(self.started)}" + (f" ({running})" if running else "") + f", failed {len(self.failed)}")
+
+
+def _metrics_summary(metrics: Dict) -> str:
     def value(key: str) -> str:
         v = metrics.get(key)
         return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
 
-    return (f"[{index}/{total}] {name}: {seconds / 60:.1f} min, test RErr {value('test/rerr_pgd')}, "
-            f"RLoss {value('test/rloss_pgd')} (train {value('test/rloss_pgd_train')}), "
-            f"avg flatness {value('flatness/avg_rloss')}")
+    return (f"test RErr {value('test/rerr_pgd')}, RLoss {value('test/rloss_pgd')} "
+            f"(train {value('test/rloss_pgd_train')}), avg flatness {value('flatness/avg_rloss')}")
 
 
-def run_study(path: str, out: str, only: Optional[Sequence[str]] = None, extra: Sequence[str] = ()) -> Dict:
-    """Run every (or the ``only`` named) run of the study file at ``path`` and write the report."""
+def _finish(progress: Progress, run: Run, out: str, status: Optional[int], error: str = "") -> None:
+    seconds = time.time() - progress.started.pop(run.name)
+    metrics_path = os.path.join(run_directory(out, run.name), "metrics.json")
+    if status == 0 and os.path.isfile(metrics_path):
+        progress.finished.append(run.name)
+        with open(metrics_path) as f:
+            log.info(f"{run.name}: finished in {seconds / 60:.1f} min, {_metrics_summary(json.load(f))}")
+    else:
+        progress.failed.append(run.name)
+        reason = error or (f"exit status {status}" if status else "no metrics.json")
+        log.error(f"{run.name}: FAILED after {seconds / 60:.1f} min ({reason}); see {log_path(out, run.name)}")
+    log.info(progress.line())
+
+
+def _job_done(job) -> bool:
+    """Whether a submitted job has ended: its result file is written (the process may still be exiting)."""
+    return job.paths.result_pickle.exists() or job.done()
+
+
+def _job_status(job) -> tuple:
+    """(exit status, error) of an ended submitit job; an error when the job itself died."""
+    from submitit.core.utils import pickle_load
+
+    try:
+        if job.paths.result_pickle.exists():  # ("success", value) or ("error", traceback), written atomically
+            outcome, value = pickle_load(job.paths.result_pickle)
+            return (value, "") if outcome == "success" else (None, value.strip().splitlines()[-1])
+        return job.result(), ""
+    except Exception as error:  # the job process was killed, timed out, ...
+        return None, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
+def launch(runs: Sequence[Run], out: str, launcher: Launcher, poll: float = 1.0, wait: bool = True) -> Progress:
+    """Hand ``runs`` to the launcher's executor and follow them to the end (unless ``wait`` is False)."""
+    executor = launcher.executor(os.path.join(out, ".submitit", "%j"))
+    progress = Progress(len(runs))
+    threads = launcher.threads()
+    if launcher.kind == "debug":
+        for run in runs:
+            job = executor.submit(execute, run.argv, log_path(out, run.name), threads)
+            progress.started[run.name] = time.time()
+            log.info(f"{run.name}: running")
+            try:
+                status, error = job.result(), ""
+            except Exception as exception:  # execute() returns its errors; this is the executor's own
+                status, error = None, f"{type(exception).__name__}: {exception}"
+            _finish(progress, run, out, status, error)
+        return progress
+    if launcher.kind == "slurm":
+        jobs = executor.map_array(execute, [run.argv for run in runs], [log_path(out, run.name) for run in runs],
+                                  [threads] * len(runs))
+        log.info(f"submitted job array {jobs[0].job_id.split('_')[0]} with {len(runs)} runs "
+                 f"(at most {launcher.array_parallelism} at once)")
+        now = time.time()
+        pending = {run.name: (run, job) for run, job in zip(runs, jobs)}
+        progress.started.update({run.name: now for run in runs})
+        return _follow(progress, pending, out, poll) if wait else progress
+    gpus = local_gpus() if launcher.gpus_per_run else 0
+    queue, pending, free_slots = list(runs), {}, list(range(launcher.jobs))
+    last_line = time.time()
+    try:
+        while queue or pending:
+            while queue and free_slots:
+                run, slot = queue.pop(0), free_slots.pop(0)
+                if gpus:
+                    executor.update_parameters(gpus_per_node=launcher.gpus_per_run,
+                                               visible_gpus=[(slot * launcher.gpus_per_run + k) % gpus
+                                                             for k in range(launcher.gpus_per_run)])
+                job = executor.submit(execute, run.argv, log_path(out, run.name), 0 if gpus else threads)
+                pending[run.name] = (run, job, slot)
+                progress.started[run.name] = time.time()
+                log.info(f"{run.name}: running (process {job.job_id}, log {log_path(out, run.name)})")
+            time.sleep(poll)
+            for name, (run, job, slot) in list(pending.items()):
+                if _job_done(job):
+                    del pending[name]
+                    free_slots.append(slot)
+                    _finish(progress, run, out, *_job_status(job))
+            if time.time() - last_line > 60:
+                log.info(progress.line())
+                last_line = time.time()
+    except KeyboardInterrupt:
+        for run, job, _ in pending.values():
+            job.cancel(check=False)
+        raise
+    return progress
+
+
+def _follow(progress: Progress, pending: Dict, out: str, poll: float) -> Progress:
+    last_line = time.time()
+    while pending:
+        time.sleep(poll)
+        for name, (run, job) in list(pending.items()):
+            if _job_done(job):
+                del pending[name]
+                _finish(progress, run, out, *_job_status(job))
+        if time.time() - last_line > 60:
+            log.info(progress.line())
+            last_line = time.time()
+    return progress
+
+
+def run_study(path: str, out: str, only: Optional[Sequence[str]] = None, extra: Sequence[str] = (),
+              launcher: Optional[Launcher] = None, report_only: bool = False, wait: bool = True) -> Dict:
+    """Run every (or the ``only`` named) run of the study file at ``path`` that has not finished, then
+    write the report of the finished ones. Returns the report's summary plus ``failed`` (run names)."""
+    launcher = launcher or Launcher()
+    launcher.check()
     study = load_study(path)
-    runs = [run for run in study["runs"] if not only or run["name"] in only]
-    unknown = set(only or ()) - {run["name"] for run in study["runs"]}
+    entries = {entry["name"]: entry for entry in study["runs"]}
+    runs = expand_runs(study)
+    unknown = set(only or ()) - set(entries) - {run.name for run in runs}
     if unknown:
         raise ValueError(f"--only names runs that {path} does not have: {', '.join(sorted(unknown))}")
+    runs = [run for run in runs if not only or run.name in only or run.method in only]
     os.makedirs(out, exist_ok=True)
-    for index, run in enumerate(runs, 1):
-        metrics_path = os.path.join(run_directory(out, run["name"]), "metrics.json")
-        if os.path.isfile(metrics_path):
-            log.info(f"[{index}/{len(runs)}] {run['name']}: finished before, skipped")
-            continue
-        log.info(f"[{index}/{len(runs)}] {run['name']}: running")
-        start = time.time()
-        with open(os.path.join(out, run["name"] + ".log"), "a") as output:
-            result = subprocess.run(command(study, run, out, extra), stdout=output, stderr=subprocess.STDOUT)
-        if result.returncode != 0 or not os.path.isfile(metrics_path):
-            raise RuntimeError(f"{run['name']} failed (exit status {result.returncode}); "
-                               f"see {os.path.join(out, run['name'] + '.log')}")
-        with open(metrics_path) as f:
-            log.info(progress_line(index, len(runs), run["name"], time.time() - start, json.load(f)))
-    return make_report([run_directory(out, run["name"]) for run in runs], os.path.join(out, "report"))
+    done = [run for run in runs if os.path.isfile(os.path.join(run_directory(out, run.name), "metrics.json"))]
+    failed: List[str] = []
+    if not report_only:
+        for run in done:
+            log.info(f"{run.name}: finished before, skipped")
+        todo = [run for run in runs if run not in done]
+        for run in todo:
+            run.argv = command(study, entries[run.method], run, out, extra)
+        if todo:
+            progress = launch(todo, out, launcher, wait=wait)
+            failed = progress.failed
+            if not wait:
+                return {"failed": [], "submitted": [run.name for run in todo]}
+        done = [run for run in runs if os.path.isfile(os.path.join(run_directory(out, run.name), "metrics.json"))]
+    missing = [run.name for run in runs if run not in done]
+    if missing:
+        log.info(f"the report leaves out {len(missing)} runs without metrics.json: {', '.join(missing)}")
+    if not done:
+        raise RuntimeError("no run has finished yet: nothing to report")
+    summary = make_report([run_directory(out, run.name) for run in done], os.path.join(out, "report"))
+    summary["failed"] = failed
+    return summary
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lit_robust.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("study", help="study file (YAML with 'runs')")
-    parser.add_argument("--out", required=True, help="directory for the runs and the report")
-    parser.add_argument("--only", default="", help="comma-separated run names to run (default: all)")
-    parser.epilog = "Arguments after -- are added to every train.py fit command."
+    parser.add_argument("--out", required=True, help="directory for the runs, their logs and the report")
+    parser.add_argument("--only", default="", help="comma-separated run or entry names to run (default: all)")
+    parser.add_argument("--launcher", default="local", choices=LAUNCHERS,
+                        help="submitit executor: local processes, a SLURM job array, or in this process (debug)")
+    parser.add_argument("--jobs", type=int, default=1, help="local: runs at once (each gets cores // jobs threads)")
+    parser.add_argument("--partition", default=None, help="slurm: partition")
+    parser.add_argument("--time", type=int, default=24 * 60, help="time limit per run in minutes (local and slurm)")
+    parser.add_argument("--gpus-per-run", type=int, default=0,
+                        help="GPUs per run (slurm: per array task; local: each run its own GPU(s))")
+    parser.add_argument("--cpus-per-run", type=int, default=0, help="CPU threads per run (slurm: CPUs per task); 0: local cores // jobs, slurm the cluster's default")
+    parser.add_argument("--array-parallelism", type=int, default=32, help="slurm: array tasks running at once")
+    parser.add_argument("--no-wait", action="store_true", help="slurm: submit and return (report later)")
+    parser.add_argument("--report-only", action="store_true", help="only write the report of the finished runs")
+    parser.epilog = "Arguments after -- are added to every `lit-robust fit` command."
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     only = [name for name in args.only.split(",") if name]
+    launcher = Launcher(args.launcher, args.jobs, args.partition, args.time, args.gpus_per_run,
+                        args.array_parallelism, args.cpus_per_run)
     try:
-        summary = run_study(args.study, args.out, only, extra)
+        summary = run_study(args.study, args.out, only, extra, launcher, args.report_only, wait=not args.no_wait)
     except (ValueError, RuntimeError) as error:
         parser.exit(2, f"error: {error}\n")
-    for name, r in summary["pearson"].items():
-        log.info(f"Pearson r, {name}: {r:.3f}")
-    log.info(f"Report: {summary['table_md']}")
+    if "table_md" in summary:
+        for name, r in summary["pearson"].items():
+            log.info(f"Pearson r, {name}: {r:.3f}")
+        log.info(f"Report: {summary['table_md']}")
+    if summary["failed"]:
+        log.error(f"{len(summary['failed'])} runs failed: "
+                  + ", ".join(f"{name} (see {log_path(args.out, name)})" for name in summary["failed"]))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """The study: its file names existing recipes, a one-epoch two-method mini study runs end to end and
 resumes, and the report comes out of it."""
 
+import glob
 import json
 import os
 
 import pytest
+import torch
 
-from lit_robust.study import load_study, main
+from lit_robust.study import Launcher, load_study, main, run_study
 from tests.conftest import ROOT
 
 STUDY = os.path.join(ROOT, "configs", "study", "digits.yaml")
@@ -43,32 +45,137 @@ def test_study_file_names_existing_recipes():
         assert method in names
 
 
-def test_bad_study_file_is_one_message(tmp_path):
+@pytest.mark.parametrize("text, args", [
+    ("runs:\n  - {name: at, configs: [missing.yaml]}\n", []),
+    (f"seeds: [0, 0]\nruns:\n  - {{name: at, configs: [{STUDY}]}}\n", []),
+    (f"runs:\n  - {{name: at, configs: [{STUDY}], seeds: 1}}\n", []),
+    (f"runs:\n  - {{name: at, configs: [{STUDY}]}}\n", ["--jobs", "0"]),
+])
+def test_bad_study_file_is_one_message(tmp_path, capsys, text, args):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("runs:\n  - {name: at, configs: [missing.yaml]}\n")
+    bad.write_text(text)
     with pytest.raises(SystemExit) as exit_:
-        main([str(bad), "--out", str(tmp_path / "out")])
+        main([str(bad), "--out", str(tmp_path / "out")] + args)
     assert exit_.value.code == 2
+    assert capsys.readouterr().err.count("error:") == 1
 
 
-def test_two_method_mini_study_runs_resumes_and_reports(tmp_path, caplog):
+# the local launcher's runs start new processes (imports dominate): no per-epoch measures there
+TINIEST_COMMON = """
+trainer: {max_epochs: 1, limit_train_batches: 2, limit_val_batches: 1, enable_progress_bar: false}
+model:
+  init_args: {val_steps: 1, val_restarts: 1, test_steps: 1, test_restarts: 1, train_steps: 1, test_on_train: false}
+data:
+  init_args: {eval_size: 16, held_out_size: 16, train_eval_size: 16, eval_batch_size: 16}
+"""
+
+
+def write_study(tmp_path, body: str, common_text: str = TINY_COMMON) -> str:
     common = tmp_path / "common.yaml"
-    common.write_text(TINY_COMMON)
+    common.write_text(common_text)
     study = tmp_path / "study.yaml"
-    at, trades = (os.path.join(ROOT, "configs", "digits", name) for name in ("at.yaml", "trades.yaml"))
-    study.write_text(f"common:\n  configs: [{common}]\nruns:\n  - {{name: at, configs: [{at}]}}\n"
-                     f"  - {{name: trades, configs: [{trades}]}}\n")
+    study.write_text(f"common:\n  configs: [{common}]\n" + body)
+    return str(study)
+
+
+AT, TRADES = (os.path.join(ROOT, "configs", "digits", name) for name in ("at.yaml", "trades.yaml"))
+
+
+def test_local_launcher_runs_two_at_once_and_reports(tmp_path, caplog):
+    study = write_study(tmp_path, f"runs:\n  - {{name: at, configs: [{AT}]}}\n  - {{name: trades, configs: [{TRADES}]}}\n",
+                        TINIEST_COMMON)
     out = tmp_path / "out"
     caplog.set_level("INFO")
-    main([str(study), "--out", str(out)])
+    main([study, "--out", str(out), "--launcher", "local", "--jobs", "2"])
     for name in ("at", "trades"):
         metrics = json.load(open(out / name / "version_0" / "metrics.json"))
-        assert "test/rloss_pgd" in metrics and "flatness/avg_rloss" in metrics
-        assert "early_stopping/best_rerr" in metrics
-    assert "[2/2] trades:" in caplog.text and "test RErr" in caplog.text
+        assert "test/rloss_pgd" in metrics
+        assert (out / f"{name}.log").read_text().startswith("$ lit-robust fit --config")
+    # both were handed to the executor before either finished: two at once
+    assert caplog.text.index("trades: running") < caplog.text.index("at: finished")
+    assert "finished 2/2, running 0, failed 0" in caplog.text and "test RErr" in caplog.text
     report = out / "report"
     assert (report / "table.md").read_text().count("\n") == 4
     assert (report / "fig1_rloss_vs_flatness.png").read_bytes()[:4] == b"\x89PNG"
     caplog.clear()
-    main([str(study), "--out", str(out)])  # everything finished: both skipped
+    main([study, "--out", str(out)])  # everything finished: both skipped
     assert caplog.text.count("finished before, skipped") == 2
+
+
+def test_debug_launcher_seeds_failure_report_and_resume(tmp_path, caplog):
+    study = write_study(tmp_path, f"seeds: [0, 1]\nruns:\n  - {{name: at, configs: [{AT}]}}\n"
+                                  f"  - {{name: trades, configs: [{TRADES}]}}\n"
+                                  f"  - {{name: broken, configs: [{AT}], seeds: [3], args: [--trainer.max_epochs, x]}}\n")
+    out = tmp_path / "out"
+    caplog.set_level("INFO")
+    with pytest.raises(SystemExit) as exit_:
+        main([study, "--out", str(out), "--launcher", "debug"])
+    assert exit_.value.code == 1
+    names = ("at_seed0", "at_seed1", "trades_seed0", "trades_seed1")
+    for name in names:
+        assert (out / name / "version_0" / "metrics.json").is_file()
+        config = (out / name / "version_0" / "config.yaml").read_text()
+        assert f"seed_everything: {name[-1]}" in config
+    broken_log = out / "broken_seed3.log"
+    assert f"broken_seed3: FAILED" in caplog.text and str(broken_log) in caplog.text
+    assert "error:" in broken_log.read_text() and "max_epochs" in broken_log.read_text()
+    assert not (out / "broken_seed3" / "version_0" / "metrics.json").exists()
+
+    # per-method mean and standard deviation over the seeds, from the runs' metrics.json
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in
+            (out / "report" / "table_by_method.md").read_text().splitlines()[2:]}
+    assert set(rows) == {"at", "trades"}
+    for method in ("at", "trades"):
+        values = [json.load(open(out / f"{method}_seed{s}" / "version_0" / "metrics.json"))["test/rloss_pgd"]
+                  for s in (0, 1)]
+        mean, std = sum(values) / 2, abs(values[0] - values[1]) / 2 ** 0.5
+        assert rows[method][1] == "2"
+        assert rows[method][1 + 7] == f"{mean:.3f} ± {std:.3f}"  # RLoss (test), the 7th column
+
+    # a killed study: at_seed0 was stopped after its checkpoint (no metrics.json); the others are skipped
+    ckpt = out / "at_seed0" / "version_0" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    (out / "at_seed0" / "version_0" / "metrics.json").unlink()
+    finished = (out / "at_seed1" / "version_0" / "metrics.json").stat().st_mtime
+    caplog.clear()
+    with pytest.raises(SystemExit):
+        main([study, "--out", str(out), "--launcher", "debug", "--", "--trainer.max_epochs", "2"])
+    assert caplog.text.count("finished before, skipped") == 3
+    assert (out / "at_seed1" / "version_0" / "metrics.json").stat().st_mtime == finished
+    second = (out / "at_seed0.log").read_text().split("$ lit-robust")[-1]
+    assert f"--ckpt_path {ckpt}" in second
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"] == 1  # resumed: one more epoch
+    assert (out / "at_seed0" / "version_0" / "metrics.json").is_file()
+
+
+def test_report_only_uses_the_finished_runs(tmp_path):
+    study = write_study(tmp_path, f"runs:\n  - {{name: at, configs: [{AT}]}}\n")
+    with pytest.raises(SystemExit) as exit_:  # nothing finished yet: one message
+        main([study, "--out", str(tmp_path / "out"), "--report-only"])
+    assert exit_.value.code == 2
+
+
+def test_slurm_launcher_writes_one_array_job(tmp_path, monkeypatch):
+    import submitit
+    import submitit.core.utils
+
+    submitted = []
+
+    def sbatch(self, *args, **kwargs):
+        submitted.append(self.command)
+        return "Submitted batch job 4242\n"
+
+    monkeypatch.setattr(submitit.core.utils.CommandFunction, "__call__", sbatch)
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))  # no srun here
+    study = write_study(tmp_path, f"seeds: [0, 1, 2]\nruns:\n  - {{name: at, configs: [{AT}]}}\n"
+                                  f"  - {{name: trades, configs: [{TRADES}]}}\n")
+    out = tmp_path / "out"
+    launcher = Launcher("slurm", partition="gpu_a100", time=90, gpus_per_run=1, array_parallelism=4)
+    result = run_study(study, str(out), launcher=launcher, wait=False)
+    assert len(result["submitted"]) == 6 and len(submitted) == 1 and submitted[0][0] == "sbatch"
+    script = open(submitted[0][-1]).read() if os.path.isfile(submitted[0][-1]) else \
+        open(glob.glob(str(out / ".submitit" / "**" / "*.sh"), recursive=True)[0]).read()
+    assert "#SBATCH --partition=gpu_a100" in script
+    assert "#SBATCH --time=90" in script
+    assert "#SBATCH --gpus-per-node=1" in script
+    assert "#SBATCH --array=0-5%4" in script

@@ -86,6 +86,9 @@ class AdversarialModule(LightningModule):
             (papers/001 Table D, "larger epsilon": train at 9/255, evaluate at 8/255).
         l1_penalty: weight lambda of the L1 norm of the weights added to the training loss by
             :meth:`add_l1_penalty` (papers/002 Table 4: 5e-6); 0 turns it off.
+        compile: compile the network with ``torch.compile`` in :meth:`configure_model` (in place, so
+            parameter names and checkpoints are unchanged); the attacks take their input gradients
+            through the compiled network.
     """
 
     def __init__(self, model: nn.Module, optimizer: OptimizerCallable = paper_sgd,
@@ -95,7 +98,7 @@ class AdversarialModule(LightningModule):
                  val_steps: int = 7, val_restarts: int = 5, test_steps: int = 20, test_restarts: int = 10,
                  test_on_train: bool = True, autoattack: bool = False,
                  autoattack_version: AutoAttackVersion = "standard", train_epsilon: Optional[float] = None,
-                 l1_penalty: float = 0.0) -> None:
+                 l1_penalty: float = 0.0, compile: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
         check(isinstance(model, nn.Module), "model", type(model).__name__, "an nn.Module")
@@ -113,6 +116,11 @@ class AdversarialModule(LightningModule):
         self.val_metrics = nn.ModuleDict({name: MeanMetric() for name in ("err", "loss", "rerr", "rloss")})
         self.test_metrics = nn.ModuleDict({name: MeanMetric() for name in ("err", "loss", "rerr_pgd", "rloss_pgd",
                                                                            "rerr_aa")})
+
+    def configure_model(self) -> None:
+        """Compile the network in place when ``compile`` is set (``nn.Module.compile``: same parameters)."""
+        if self.hparams.get("compile", False):
+            self.model.compile()
 
     @property
     def training_epsilon(self) -> float:
