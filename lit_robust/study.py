@@ -9,7 +9,10 @@ A study file lists runs; each has a ``name`` and the ``configs`` given to ``lit-
 (later files override earlier ones), and optionally ``args`` (more command-line arguments) and
 ``seeds``. The study's ``common`` configs and args go after every run's own. ``seeds: [0, 1, 2]``
 (top level for every run, or per run) makes one run per seed, named ``<name>_seed<S>`` and given
-``--seed_everything S``; a run without seeds keeps its name and its recipe's seed.
+``--seed_everything S``; a run without seeds keeps its name and its recipe's seed. ``after: [a, b]``
+makes a run wait until every run of entries ``a`` and ``b`` has finished (a teacher or standard
+network it loads); ``{out}`` in ``args`` stands for the study's output directory, so that such a
+run can name their checkpoints (``{out}/standard/version_0/checkpoints/last.ckpt``).
 
 Each run logs to ``OUT/<name>/version_0`` and its output to ``OUT/<name>.log``; a run whose
 ``metrics.json`` exists is skipped, and a run that was interrupted resumes from its ``last.ckpt``,
@@ -63,9 +66,20 @@ def load_study(path: str) -> Dict:
             raise ValueError(f"{path}: run name {run['name']!r} appears twice")
         names.add(run["name"])
         _check_seeds(path, f"{run['name']}: seeds", run.get("seeds"))
+        after = run.get("after", [])
+        if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
+            raise ValueError(f"{path}: {run['name']}: after must be a list of run names (given: {after!r})")
         for config in run["configs"] + study.get("common", {}).get("configs", []):
             if not os.path.isfile(config):
                 raise ValueError(f"{path}: {run['name']}: config {config!r} does not exist")
+    for run in study["runs"]:
+        unknown = [a for a in run.get("after", []) if a not in names]
+        if unknown:
+            raise ValueError(f"{path}: {run['name']}: after names runs the study does not have: {', '.join(unknown)}")
+    try:
+        waves(study)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     return study
 
 
@@ -74,6 +88,22 @@ def _check_seeds(path: str, where: str, seeds) -> None:
                               or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
                               or len(set(seeds)) != len(seeds)):
         raise ValueError(f"{path}: {where} must be a non-empty list of distinct integers (given: {seeds!r})")
+
+
+def waves(study: Dict) -> List[List[str]]:
+    """The study's entry names in waves: every entry comes in a later wave than the entries it is ``after``."""
+    remaining = {run["name"]: set(run.get("after", [])) for run in study["runs"]}
+    placed: List[List[str]] = []
+    done: set = set()
+    while remaining:
+        wave = [name for name, after in remaining.items() if after <= done]
+        if not wave:
+            raise ValueError(f"runs wait for each other in a cycle: {', '.join(sorted(remaining))}")
+        placed.append(wave)
+        done.update(wave)
+        for name in wave:
+            del remaining[name]
+    return placed
 
 
 def run_directory(out: str, name: str) -> str:
@@ -104,7 +134,8 @@ def command(study: Dict, entry: Dict, run: Run, out: str, extra: Sequence[str]) 
     args = ["fit"]
     for config in entry["configs"] + common.get("configs", []):
         args += ["--config", config]
-    args += [str(a) for a in entry.get("args", []) + common.get("args", [])] + list(run.argv) + list(extra)
+    args += [str(a).replace("{out}", out) for a in entry.get("args", []) + common.get("args", [])]
+    args += list(run.argv) + list(extra)
     args += ["--trainer.logger.init_args.save_dir", out, "--trainer.logger.init_args.name", run.name,
              "--trainer.logger.init_args.version", "0", "--trainer.enable_progress_bar", "false"]
     last = os.path.join(run_directory(out, run.name), "checkpoints", "last.ckpt")
@@ -367,9 +398,21 @@ def run_study(path: str, out: str, only: Optional[Sequence[str]] = None, extra: 
         todo = [run for run in runs if run not in done]
         for run in todo:
             run.argv = command(study, entries[run.method], run, out, extra)
-        if todo:
-            progress = launch(todo, out, launcher, wait=wait)
-            failed = progress.failed
+        stages = [[run for run in todo if run.method in wave] for wave in waves(study)]
+        stages = [stage for stage in stages if stage]
+        if len(stages) > 1 and not wait:
+            raise ValueError("--no-wait needs a study without 'after': the later runs wait for earlier ones")
+        for stage in stages:
+            blocked = [run for run in stage if any(other.method in entries[run.method].get("after", [])
+                                                   for other in runs if other.name in failed)]
+            for run in blocked:
+                log.error(f"{run.name}: not run, a run it comes after failed")
+            failed += [run.name for run in blocked]
+            stage = [run for run in stage if run not in blocked]
+            if not stage:
+                continue
+            progress = launch(stage, out, launcher, wait=wait)
+            failed += progress.failed
             if not wait:
                 return {"failed": [], "submitted": [run.name for run in todo]}
         done = [run for run in runs if os.path.isfile(os.path.join(run_directory(out, run.name), "metrics.json"))]

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from lit_robust.study import Launcher, load_study, main, run_study
+from lit_robust.study import Launcher, Run, command, load_study, main, run_study, waves
 from tests.conftest import ROOT
 
 STUDY = os.path.join(ROOT, "configs", "study", "digits.yaml")
@@ -50,6 +50,8 @@ def test_study_file_names_existing_recipes():
     (f"seeds: [0, 0]\nruns:\n  - {{name: at, configs: [{STUDY}]}}\n", []),
     (f"runs:\n  - {{name: at, configs: [{STUDY}], seeds: 1}}\n", []),
     (f"runs:\n  - {{name: at, configs: [{STUDY}]}}\n", ["--jobs", "0"]),
+    (f"runs:\n  - {{name: at, configs: [{STUDY}], after: [nobody]}}\n", []),
+    (f"runs:\n  - {{name: a, configs: [{STUDY}], after: [b]}}\n  - {{name: b, configs: [{STUDY}], after: [a]}}\n", []),
 ])
 def test_bad_study_file_is_one_message(tmp_path, capsys, text, args):
     bad = tmp_path / "bad.yaml"
@@ -105,7 +107,8 @@ def test_local_launcher_runs_two_at_once_and_reports(tmp_path, caplog):
 def test_debug_launcher_seeds_failure_report_and_resume(tmp_path, caplog):
     study = write_study(tmp_path, f"seeds: [0, 1]\nruns:\n  - {{name: at, configs: [{AT}]}}\n"
                                   f"  - {{name: trades, configs: [{TRADES}]}}\n"
-                                  f"  - {{name: broken, configs: [{AT}], seeds: [3], args: [--trainer.max_epochs, x]}}\n")
+                                  f"  - {{name: broken, configs: [{AT}], seeds: [3], args: [--trainer.max_epochs, x]}}\n"
+                                  f"  - {{name: student, configs: [{AT}], seeds: [0], after: [broken]}}\n")
     out = tmp_path / "out"
     caplog.set_level("INFO")
     with pytest.raises(SystemExit) as exit_:
@@ -120,6 +123,9 @@ def test_debug_launcher_seeds_failure_report_and_resume(tmp_path, caplog):
     assert f"broken_seed3: FAILED" in caplog.text and str(broken_log) in caplog.text
     assert "error:" in broken_log.read_text() and "max_epochs" in broken_log.read_text()
     assert not (out / "broken_seed3" / "version_0" / "metrics.json").exists()
+    # a run that comes after a failed one is not started, and is reported
+    assert "student_seed0: not run, a run it comes after failed" in caplog.text
+    assert not (out / "student_seed0.log").exists()
 
     # per-method mean and standard deviation over the seeds, from the runs' metrics.json
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in
@@ -179,3 +185,13 @@ def test_slurm_launcher_writes_one_array_job(tmp_path, monkeypatch):
     assert "#SBATCH --time=90" in script
     assert "#SBATCH --gpus-per-node=1" in script
     assert "#SBATCH --array=0-5%4" in script
+
+
+def test_runs_after_others_come_in_a_later_wave_and_name_their_checkpoints(tmp_path):
+    study = {"runs": [{"name": "hat", "configs": ["a.yaml"], "after": ["standard"],
+                       "args": ["--model.init_args.standard_checkpoint", "{out}/standard/version_0/checkpoints/last.ckpt"]},
+                      {"name": "standard", "configs": ["a.yaml"]}, {"name": "at", "configs": ["a.yaml"]}]}
+    assert waves(study) == [["standard", "at"], ["hat"]]
+    argv = command(study, study["runs"][0], Run("hat", "hat"), str(tmp_path), [])
+    assert argv[argv.index("--model.init_args.standard_checkpoint") + 1] == \
+        os.path.join(str(tmp_path), "standard", "version_0", "checkpoints", "last.ckpt")
