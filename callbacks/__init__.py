@@ -3,7 +3,9 @@
 from callbacks.flatness_monitor import FlatnessMonitor
 from callbacks.landscape_monitor import LandscapeMonitor
 from callbacks.robust_early_stopping import RobustEarlyStopping
+from callbacks.robust_overfitting import RobustOverfitting
 from callbacks.weight_averaging import ExponentialMovingAverage, WeightAveraging
 from callbacks.weight_clipping import WeightClipping
 
-__all__ = ["ExponentialMovingAverage", "FlatnessMonitor", "LandscapeMonitor", "RobustEarlyStopping", "WeightAveraging", "WeightClipping"]
+__all__ = ["ExponentialMovingAverage", "FlatnessMonitor", "LandscapeMonitor", "RobustEarlyStopping", "RobustOverfitting",
+           "WeightAveraging", "WeightClipping"]
