@@ -46,7 +46,8 @@ class RobustEarlyStopping(Callback):
       sums across processes.
 
     It logs ``early_stopping/<monitor>`` (this evaluation), ``early_stopping/best_<monitor>`` and
-    ``early_stopping/best_epoch`` (also on test, so ``metrics.json`` has them), and writes the best
+    ``early_stopping/best_epoch`` (``early_stopping/best_epoch_rloss`` for the robust loss, so that one
+    instance per monitor can run together; also on test, so ``metrics.json`` has them), and writes the best
     weights with ``trainer.save_checkpoint`` to ``<dirpath>/<filename>.ckpt``, next to
     ModelCheckpoint's files by default; ``ModelCheckpoint(monitor="early_stopping/rerr")`` works
     as well. Every decision is combined across processes.
@@ -162,7 +163,7 @@ class RobustEarlyStopping(Callback):
         else:
             self.wait_count += 1
         metrics = {f"early_stopping/{self.monitor}": value, f"early_stopping/best_{self.monitor}": self.best_value,
-                   "early_stopping/best_epoch": float(self.best_epoch)}
+                   self._best_epoch_name: float(self.best_epoch)}
         trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
@@ -173,6 +174,11 @@ class RobustEarlyStopping(Callback):
             trainer.should_stop = True
             rank_zero_info(f"RobustEarlyStopping: no improvement in {self.wait_count} evaluations; stopping at "
                            f"epoch {epoch}.")
+
+    @property
+    def _best_epoch_name(self) -> str:
+        # "early_stopping/best_epoch" for the paper's RErr; a name of its own for RLoss, so that both can run at once
+        return "early_stopping/best_epoch" + ("" if self.monitor == "rerr" else f"_{self.monitor}")
 
     @property
     def _name(self) -> str:
@@ -211,7 +217,7 @@ class RobustEarlyStopping(Callback):
     def on_test_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.best_epoch >= 0:
             pl_module.log_dict({f"early_stopping/best_{self.monitor}": self.best_value,
-                                "early_stopping/best_epoch": float(self.best_epoch)}, sync_dist=True)
+                                self._best_epoch_name: float(self.best_epoch)}, sync_dist=True)
 
     @override
     def state_dict(self) -> Dict[str, Any]:

@@ -161,7 +161,9 @@ def test_rloss_monitor_follows_val_rloss_and_resumes(tmp_path):
     assert reference.best_value == pytest.approx(0.3)
     assert trainer.callback_metrics["early_stopping/rloss"].item() == pytest.approx(0.8)
     assert trainer.callback_metrics["early_stopping/best_rloss"].item() == pytest.approx(0.3)
+    assert trainer.callback_metrics["early_stopping/best_epoch_rloss"].item() == 1
     assert "early_stopping/best_rerr" not in trainer.callback_metrics
+    assert "early_stopping/best_epoch" not in trainer.callback_metrics
 
     _rloss_run(tmp_path / "interrupted", 3)  # stops after epoch 2, as a killed run's last checkpoint
     resumed, _ = _rloss_run(tmp_path / "interrupted", 6, ckpt_path=str(tmp_path / "interrupted" / "last.ckpt"))

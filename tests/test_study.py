@@ -39,8 +39,12 @@ def test_study_file_names_existing_recipes():
         os.chdir(old)
     names = {run["name"] for run in study["runs"]}
     for method in ("at", "trades", "mart", "awp", "amp", "entropy_sgd", "friendly_at", "rotation",
-                   "weight_averaging", "weight_clipping", "label_smoothing", "label_noise", "adam"):
+                   "weight_averaging", "weight_clipping", "label_smoothing", "label_noise", "adam",
+                   "at_seed1", "at_seed2", "at_early_stopping_rloss"):
         assert method in names
+    at = os.path.join("configs", "digits", "at.yaml")
+    for run in study["runs"]:  # every run is the AT recipe, possibly with overlays after it
+        assert run["configs"][0] == at, run["name"]
 
 
 def test_bad_study_file_is_one_message(tmp_path):
@@ -57,7 +61,7 @@ def test_two_method_mini_study_runs_resumes_and_reports(tmp_path, caplog):
     study = tmp_path / "study.yaml"
     at, trades = (os.path.join(ROOT, "configs", "digits", name) for name in ("at.yaml", "trades.yaml"))
     study.write_text(f"common:\n  configs: [{common}]\nruns:\n  - {{name: at, configs: [{at}]}}\n"
-                     f"  - {{name: trades, configs: [{trades}]}}\n")
+                     f"  - {{name: trades, configs: [{at}, {trades}]}}\n")
     out = tmp_path / "out"
     caplog.set_level("INFO")
     main([str(study), "--out", str(out)])
