@@ -102,7 +102,8 @@ class RobustEarlyStopping(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(monitor=self.monitor, every_n_epochs=self.every_n_epochs, steps=self.steps, restarts=self.restarts,
+        return self._generate_state_key(monitor=self.monitor, every_n_epochs=self.every_n_epochs, steps=self.steps,
+                                        restarts=self.restarts,
                                         epsilon=self.epsilon, step_size=self.step_size, norm=self.norm,
                                         filename=self.filename)
 
@@ -121,7 +122,8 @@ class RobustEarlyStopping(Callback):
         self.attack = PGD(setting("epsilon", self.epsilon), setting("step_size", self.step_size), self.steps,
                           restarts=self.restarts, norm=setting("norm", self.norm))
         self.reuse_validation = type(reference) is PGD and vars(reference) == vars(self.attack)
-        how = f"reuses the module's val/{self.monitor}" if self.reuse_validation else "attacks the validation batches itself"
+        how = (f"reuses the module's val/{self.monitor}" if self.reuse_validation
+               else "attacks the validation batches itself")
         rank_zero_info(f"RobustEarlyStopping: held-out {self.monitor} under {self.attack} every {self.every_n_epochs} "
                        f"epoch(s); {how}.")
         every_val = trainer.check_val_every_n_epoch

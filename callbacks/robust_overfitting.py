@@ -122,7 +122,8 @@ class RobustOverfitting(Callback):
             import matplotlib.pyplot as plt
 
             figure, axes = plt.subplots(figsize=(6, 4))
-            axes.plot(sorted(self.val_rloss), [self.val_rloss[e] for e in sorted(self.val_rloss)], label="held-out RLoss")
+            epochs = sorted(self.val_rloss)
+            axes.plot(epochs, [self.val_rloss[e] for e in epochs], label="held-out RLoss")
             if self.train_rloss:
                 axes.plot(sorted(self.train_rloss), [self.train_rloss[e] for e in sorted(self.train_rloss)],
                           label="training RLoss")

@@ -27,13 +27,14 @@ class AWP(BaseLossModule):
     script, "after some epochs for accelerating"). The ascent direction is only meaningful once the
     network fits the adversarial examples somewhat: from random weights, a perturbation of relative
     size xi on the high-loss landscape of early training can keep the network from leaving chance
-    (on the embedded digits recipe, xi = 0.01 without warm-up stays at chance).
+    (with the digits network SmallCNNFC, xi = 0.01 without warm-up fell to chance).
 
-    Differences from the official code, which the paper's text does not have: the perturbation is never added to w in place, so nothing is subtracted
-    after the step (see :mod:`~lit_robust.modules.weight_perturbation`); under data-parallel training
-    the ascent gradient is averaged over processes. As with the official proxy network, the ascent pass leaves
-    batch normalisation's running statistics unchanged. ``train/rloss`` and ``train/rerr`` are
-    measured at w, without the weight perturbation, as the paper reports AWP's robust loss.
+    Differences from the official code, which the paper's text does not have: the perturbation is never
+    added to w in place, so nothing is subtracted after the step (see
+    :mod:`~lit_robust.modules.weight_perturbation`); under data-parallel training the ascent gradient is
+    averaged over processes. As with the official proxy network, the ascent pass leaves batch
+    normalisation's running statistics unchanged. ``train/rloss`` and ``train/rerr`` are measured at w,
+    without the weight perturbation, as the paper reports AWP's robust loss.
 
     Per training step with PGD-K and base loss ``"at"``: K + 2 forward passes (K attack iterations,
     one at w for the ascent, one at w + nu for the update), K input-only backward passes and two full
