@@ -1,8 +1,8 @@
-"""Early stopping on the PGD robust error of the held-out split (papers/001 Sec. F)."""
+"""Early stopping on the PGD robust error (or robust loss) of the held-out split (papers/001 Sec. F)."""
 
 import math
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Literal, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -11,12 +11,15 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lit_robust.attacks import PGD, Norm
-from lit_robust.errors import ConfigurationError, check
+from lit_robust.errors import ConfigurationError, check, check_choice
 from lit_robust.evaluation import clean_and_robust
 
 
+Monitor = Literal["rerr", "rloss"]
+
+
 class RobustEarlyStopping(Callback):
-    """Keep the weights with the lowest held-out robust error; optionally stop and restore them.
+    """Keep the weights with the lowest held-out robust error (or loss); optionally stop and restore them.
 
     Every ``every_n_epochs`` epochs the robust error (RErr: misclassified or successfully attacked)
     of the current weights on the held-out split is measured with PGD, by default PGD-7 with 5
@@ -25,19 +28,26 @@ class RobustEarlyStopping(Callback):
     The paper picks the best snapshot after training; this callback keeps the best weights so far
     in one checkpoint file, which is the same choice.
 
+    ``monitor="rloss"`` selects the weights by the held-out robust loss (cross-entropy on the PGD
+    examples) instead. Where robust overfitting shows in the loss more than in the error (the loss
+    keeps rising on confidently misclassified examples while the error barely moves, as on the
+    embedded digits recipe), the robust loss picks the epoch that the error cannot tell apart.
+
     The measurement is made during the trainer's validation (the data module's
     ``val_dataloader``, the held-out split), so it sees what validation sees, e.g. the averaged
     weights of :class:`~callbacks.weight_averaging.WeightAveraging`:
 
     * when the module's ``val_attack`` is this very attack (an
       :class:`~lit_robust.modules.base.AdversarialModule` with ``val_steps``, ``val_restarts``,
-      ``epsilon``, ``step_size`` and ``norm`` equal to this callback's), its ``val/rerr`` is reused
+      ``epsilon``, ``step_size`` and ``norm`` equal to this callback's), its ``val/rerr`` (or
+      ``val/rloss``) is reused
       and the held-out split is attacked only once;
     * otherwise the callback attacks every validation batch itself (``clean_and_robust``) and
       sums across processes.
 
-    It logs ``early_stopping/rerr`` (this evaluation), ``early_stopping/best_rerr`` and
-    ``early_stopping/best_epoch`` (also on test, so ``metrics.json`` has them), and writes the best
+    It logs ``early_stopping/<monitor>`` (this evaluation), ``early_stopping/best_<monitor>`` and
+    ``early_stopping/best_epoch`` (``early_stopping/best_epoch_rloss`` for the robust loss, so that one
+    instance per monitor can run together; also on test, so ``metrics.json`` has them), and writes the best
     weights with ``trainer.save_checkpoint`` to ``<dirpath>/<filename>.ckpt``, next to
     ModelCheckpoint's files by default; ``ModelCheckpoint(monitor="early_stopping/rerr")`` works
     as well. Every decision is combined across processes.
@@ -57,18 +67,21 @@ class RobustEarlyStopping(Callback):
         dirpath: directory of the best-weights checkpoint; default ModelCheckpoint's directory,
             else ``<log_dir>/checkpoints``.
         filename: name of the best-weights checkpoint, without ``.ckpt``.
+        monitor: ``"rerr"`` (the paper's robust error, default) or ``"rloss"`` (robust loss).
     """
 
     def __init__(self, every_n_epochs: int = 5, steps: int = 7, restarts: int = 5, epsilon: Optional[float] = None,
                  step_size: Optional[float] = None, norm: Optional[Norm] = None, patience: Optional[int] = None,
                  restore_best_weights: bool = False, dirpath: Optional[str] = None,
-                 filename: str = "early_stopping") -> None:
+                 filename: str = "early_stopping", monitor: Monitor = "rerr") -> None:
+        check_choice(monitor, "monitor", ("rerr", "rloss"))
         check(every_n_epochs >= 1, "every_n_epochs", every_n_epochs, "an integer >= 1")
         check(patience is None or patience >= 1, "patience", patience, "an integer >= 1 or null (never stop)")
         check(bool(filename) and os.sep not in filename, "filename", filename, "a file name without directory")
         # the attack's own checks of every given setting, now; what is left unset comes from the module in setup
         PGD(1.0 if epsilon is None else epsilon, 1.0 if step_size is None else step_size, steps, restarts=restarts,
             norm=norm or "linf")
+        self.monitor = monitor
         self.every_n_epochs = every_n_epochs
         self.steps = steps
         self.restarts = restarts
@@ -81,15 +94,16 @@ class RobustEarlyStopping(Callback):
         self.filename = filename
         self.attack: Optional[PGD] = None
         self.reuse_validation = False
-        self.best_rerr = math.inf
+        self.best_value = math.inf
         self.best_epoch = -1
         self.wait_count = 0
         self.best_model_path = ""
-        self._sums = torch.zeros(2)  # robust errors and examples of this validation, this process
+        self._sums = torch.zeros(2)  # robust errors (or losses) and examples of this validation, this process
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(every_n_epochs=self.every_n_epochs, steps=self.steps, restarts=self.restarts,
+        return self._generate_state_key(monitor=self.monitor, every_n_epochs=self.every_n_epochs, steps=self.steps,
+                                        restarts=self.restarts,
                                         epsilon=self.epsilon, step_size=self.step_size, norm=self.norm,
                                         filename=self.filename)
 
@@ -108,8 +122,9 @@ class RobustEarlyStopping(Callback):
         self.attack = PGD(setting("epsilon", self.epsilon), setting("step_size", self.step_size), self.steps,
                           restarts=self.restarts, norm=setting("norm", self.norm))
         self.reuse_validation = type(reference) is PGD and vars(reference) == vars(self.attack)
-        how = "reuses the module's val/rerr" if self.reuse_validation else "attacks the validation batches itself"
-        rank_zero_info(f"RobustEarlyStopping: {self.attack} on the held-out split every {self.every_n_epochs} "
+        how = (f"reuses the module's val/{self.monitor}" if self.reuse_validation
+               else "attacks the validation batches itself")
+        rank_zero_info(f"RobustEarlyStopping: held-out {self.monitor} under {self.attack} every {self.every_n_epochs} "
                        f"epoch(s); {how}.")
         every_val = trainer.check_val_every_n_epoch
         if every_val and self.every_n_epochs % every_val:
@@ -131,30 +146,30 @@ class RobustEarlyStopping(Callback):
         if self.reuse_validation or dataloader_idx != 0 or not self._evaluates(trainer):
             return
         x, y = batch
-        rerr = clean_and_robust(pl_module, x, y, self.attack)["rerr"]
-        self._sums += torch.stack([rerr.sum(), rerr.new_tensor(float(len(y)))])
+        value = clean_and_robust(pl_module, x, y, self.attack)[self.monitor].detach().float()
+        self._sums += torch.stack([value.sum(), value.new_tensor(float(len(y)))])
 
     @override
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        """Keep the weights if their held-out RErr is the lowest so far; log; stop after ``patience``
-        evaluations without improvement (the early stopping of papers/001 Sec. F)."""
+        """Keep the weights if their held-out RErr (RLoss) is the lowest so far; log; stop after
+        ``patience`` evaluations without improvement (the early stopping of papers/001 Sec. F)."""
         if not self._evaluates(trainer):
             return
-        rerr = self._held_out_rerr(trainer)
+        value = self._held_out_value(trainer)
         epoch = trainer.current_epoch
-        improved = trainer.strategy.reduce_boolean_decision(rerr < self.best_rerr, all=True)
+        improved = trainer.strategy.reduce_boolean_decision(value < self.best_value, all=True)
         if improved:
-            self.best_rerr, self.best_epoch, self.wait_count = rerr, epoch, 0
+            self.best_value, self.best_epoch, self.wait_count = value, epoch, 0
             self.best_model_path = os.path.join(self._resolve_dirpath(trainer), f"{self.filename}.ckpt")
             trainer.save_checkpoint(self.best_model_path, weights_only=False)
         else:
             self.wait_count += 1
-        metrics = {"early_stopping/rerr": rerr, "early_stopping/best_rerr": self.best_rerr,
-                   "early_stopping/best_epoch": float(self.best_epoch)}
+        metrics = {f"early_stopping/{self.monitor}": value, f"early_stopping/best_{self.monitor}": self.best_value,
+                   self._best_epoch_name: float(self.best_epoch)}
         trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-        rank_zero_info(f"Epoch {epoch}: held-out robust error {rerr:.4f}, best {self.best_rerr:.4f} at epoch "
+        rank_zero_info(f"Epoch {epoch}: held-out {self._name} {value:.4f}, best {self.best_value:.4f} at epoch "
                        f"{self.best_epoch} ({self.best_model_path}).")
         should_stop = self.patience is not None and self.wait_count >= self.patience
         if trainer.strategy.reduce_boolean_decision(should_stop, all=False):
@@ -162,14 +177,25 @@ class RobustEarlyStopping(Callback):
             rank_zero_info(f"RobustEarlyStopping: no improvement in {self.wait_count} evaluations; stopping at "
                            f"epoch {epoch}.")
 
-    def _held_out_rerr(self, trainer: "pl.Trainer") -> float:
-        """RErr of this validation: the module's ``val/rerr``, or this callback's sums over all processes."""
+    @property
+    def _best_epoch_name(self) -> str:
+        # "early_stopping/best_epoch" for the paper's RErr; a name of its own for RLoss, so that both can run at once
+        return "early_stopping/best_epoch" + ("" if self.monitor == "rerr" else f"_{self.monitor}")
+
+    @property
+    def _name(self) -> str:
+        return {"rerr": "robust error", "rloss": "robust loss"}[self.monitor]
+
+    def _held_out_value(self, trainer: "pl.Trainer") -> float:
+        """RErr (RLoss) of this validation: the module's ``val/rerr`` (``val/rloss``), or this callback's
+        sums over all processes."""
         if self.reuse_validation:
-            if "val/rerr" not in trainer.callback_metrics:
-                raise RuntimeError("RobustEarlyStopping expected the module to log val/rerr in validation.")
-            return float(trainer.callback_metrics["val/rerr"])
-        rerr_sum, count = trainer.strategy.reduce(self._sums, reduce_op="sum").tolist()
-        return rerr_sum / max(count, 1.0)
+            name = f"val/{self.monitor}"
+            if name not in trainer.callback_metrics:
+                raise RuntimeError(f"RobustEarlyStopping expected the module to log {name} in validation.")
+            return float(trainer.callback_metrics[name])
+        total, count = trainer.strategy.reduce(self._sums, reduce_op="sum").tolist()
+        return total / max(count, 1.0)
 
     def _resolve_dirpath(self, trainer: "pl.Trainer") -> str:
         if self.dirpath is not None:
@@ -186,23 +212,23 @@ class RobustEarlyStopping(Callback):
             return
         checkpoint = torch.load(self.best_model_path, map_location=pl_module.device, weights_only=True)
         pl_module.load_state_dict(checkpoint["state_dict"])
-        rank_zero_info(f"RobustEarlyStopping: restored the weights of epoch {self.best_epoch} (held-out robust "
-                       f"error {self.best_rerr:.4f}) from {self.best_model_path}.")
+        rank_zero_info(f"RobustEarlyStopping: restored the weights of epoch {self.best_epoch} (held-out "
+                       f"{self._name} {self.best_value:.4f}) from {self.best_model_path}.")
 
     @override
     def on_test_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.best_epoch >= 0:
-            pl_module.log_dict({"early_stopping/best_rerr": self.best_rerr,
-                                "early_stopping/best_epoch": float(self.best_epoch)}, sync_dist=True)
+            pl_module.log_dict({f"early_stopping/best_{self.monitor}": self.best_value,
+                                self._best_epoch_name: float(self.best_epoch)}, sync_dist=True)
 
     @override
     def state_dict(self) -> Dict[str, Any]:
-        return {"best_rerr": self.best_rerr, "best_epoch": self.best_epoch, "wait_count": self.wait_count,
-                "best_model_path": self.best_model_path}
+        return {f"best_{self.monitor}": self.best_value, "best_epoch": self.best_epoch,
+                "wait_count": self.wait_count, "best_model_path": self.best_model_path}
 
     @override
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        self.best_rerr = state_dict["best_rerr"]
+        self.best_value = state_dict[f"best_{self.monitor}"]
         self.best_epoch = state_dict["best_epoch"]
         self.wait_count = state_dict["wait_count"]
         self.best_model_path = state_dict["best_model_path"]

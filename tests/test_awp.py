@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_robust.attacks import PGD
+from lit_robust.errors import ConfigurationError
 from lit_robust.losses import trades_loss
 from lit_robust.models import SmallCNN
 from lit_robust.modules import AWP
@@ -89,3 +90,36 @@ def test_training_attack_follows_the_base_loss():
     module = AWP(SmallCNN(width=8), base_loss="trades")
     assert module.train_attack.loss == "kl"
     assert isinstance(AWP(SmallCNN(width=8)).train_attack, PGD)
+
+
+@pytest.mark.parametrize("base", ["at", "trades"])
+def test_no_weight_perturbation_before_warmup_epochs(base, digits, monkeypatch):
+    """Before ``warmup_epochs`` every forward pass sees w and the loss is the base loss at w (plain AT /
+    TRADES); from that epoch on the update's forward pass sees w + nu with ||nu_l|| = xi ||w_l||."""
+    x, y = next(iter(digits.train_dataloader()))
+    for epoch, perturbed in ((0, False), (1, False), (2, True)):
+        monkeypatch.setattr(AWP, "current_epoch", property(lambda self, e=epoch: e))
+        torch.manual_seed(0)
+        module = AWP(SmallCNN(width=8), epsilon=0.1, step_size=0.025, train_steps=2, xi=XI, base_loss=base, lam=LAM,
+                     warmup_epochs=2)
+        module.train_attack.random_start = False
+        w0 = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+        forward_weights = []
+        module.model.register_forward_pre_hook(
+            lambda m, args: forward_weights.append({n: p.detach().clone() for n, p in m.named_parameters()}))
+        loss, result = step_and_attack(module, (x, y))
+        moved = {n for n, p in forward_weights[-1].items() if not torch.equal(p, w0[n])}
+        if perturbed:
+            assert moved == set(perturbed_names(module.model, "weights"))
+            for n in moved:
+                delta = (forward_weights[-1][n] - w0[n]).norm().item()
+                assert delta == pytest.approx(XI * w0[n].norm().item(), rel=1e-4), n
+        else:
+            assert all(torch.equal(p, w0[n]) for weights in forward_weights for n, p in weights.items())
+            module.model.train()
+            assert loss.item() == pytest.approx(objective(base, module.model, x, result.x_adv, y).item(), rel=1e-5)
+
+
+def test_bad_warmup_epochs_is_refused():
+    with pytest.raises(ConfigurationError, match="warmup_epochs"):
+        AWP(SmallCNN(width=8), warmup_epochs=-1)

@@ -1,4 +1,6 @@
-"""Every shipped digits config runs through train.py (fast_dev_run); the DDP trainer config too.
+"""Every shipped digits config runs through train.py (fast_dev_run): the AT recipe alone, every other
+recipe and setting as an overlay stacked on it (and it changes what it says it changes); the DDP
+trainer config too.
 
 Vision configs (configs/cifar10, cifar100, svhn, mnist) are smoke-tested with tiny on-disk data
 sets in tests/test_configs_vision.py.
@@ -11,10 +13,13 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 
 from tests.conftest import ROOT, run_train
 
+AT = os.path.join(ROOT, "configs", "digits", "at.yaml")
 DIGITS_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "digits", "*.yaml")))
+OVERLAYS = [config for config in DIGITS_CONFIGS if config != AT]
 FAST = ["--trainer.fast_dev_run", "1", "--trainer.accelerator", "cpu",
         "--model.init_args.test_steps", "2", "--model.init_args.test_restarts", "1",
         "--model.init_args.val_restarts", "1"]
@@ -27,11 +32,11 @@ def extra_arguments(config, tmp_path):
     if "lit_robust.modules.KDSWA" in text:
         import torch
 
-        from lit_robust.models import SmallCNN
+        from lit_robust.models import SmallCNNFC
         from lit_robust.modules import PGDAT
 
-        path = str(tmp_path / "teacher.ckpt")
-        torch.save({"state_dict": PGDAT(SmallCNN(activation="relu")).state_dict()}, path)
+        path = str(tmp_path / "teacher.ckpt")  # the AT recipe's network
+        torch.save({"state_dict": PGDAT(SmallCNNFC(activation="relu")).state_dict()}, path)
         return ["--model.init_args.robust_teacher", path, "--model.init_args.standard_teacher", path]
     if "modules.HAT" in text:  # an untrained standard network, used as it is
         return ["--model.init_args.standard_checkpoint", "null",
@@ -46,7 +51,7 @@ def extra_arguments(config, tmp_path):
 
 
 def test_there_are_digits_configs():
-    assert os.path.join(ROOT, "configs", "digits", "at.yaml") in DIGITS_CONFIGS
+    assert AT in DIGITS_CONFIGS and len(OVERLAYS) >= 5
 
 
 def stack(config):
@@ -60,6 +65,30 @@ def stack(config):
 def test_digits_config_runs(config, tmp_path):
     code = run_train(["fit"] + stack(config) + FAST + extra_arguments(config, tmp_path), cwd=str(tmp_path))
     assert code == 0
+
+
+def leaves(tree, prefix=()):
+    """(path, value) of every leaf of a parsed YAML tree."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from leaves(value, prefix + (key,))
+    else:
+        yield prefix, tree
+
+
+@pytest.mark.parametrize("config", OVERLAYS + sorted(glob.glob(os.path.join(ROOT, "configs", "digits", "settings",
+                                                                            "*.yaml"))),
+                         ids=lambda p: os.path.relpath(p, ROOT))
+def test_overlay_says_only_what_differs(config):
+    """An overlay repeats nothing of the AT recipe (no seed, no value the recipe already has)."""
+    with open(AT) as f:
+        recipe = dict(leaves(yaml.safe_load(f)))
+    with open(config) as f:
+        overlay = dict(leaves(yaml.safe_load(f)))
+    repeated = {path: value for path, value in overlay.items() if recipe.get(path, object()) == value}
+    assert not repeated, f"{os.path.relpath(config, ROOT)} repeats the AT recipe: {repeated}"
+    assert "seed_everything" not in {path[0] for path in overlay}
+    assert ("model", "init_args", "model", "class_path") not in overlay  # the recipe's network
 
 
 def test_cpu_ddp_config_runs_two_processes(tmp_path):
@@ -83,5 +112,4 @@ SETTINGS = sorted(glob.glob(os.path.join(ROOT, "configs", "digits", "settings", 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_digits_setting_runs_after_the_at_recipe(setting, tmp_path):
-    at = os.path.join(ROOT, "configs", "digits", "at.yaml")
-    assert run_train(["fit", "--config", at, "--config", setting] + FAST, cwd=str(tmp_path)) == 0
+    assert run_train(["fit", "--config", AT, "--config", setting] + FAST, cwd=str(tmp_path)) == 0

@@ -83,6 +83,11 @@ def _run(tmp_path, processes):
         "--trainer.callbacks.init_args.restarts", "2", "--trainer.callbacks.init_args.every_n_epochs", "1",
         "--data.class_path", f"{__name__}.SameOrderDigits",
         "--data.init_args.batch_size", str(GLOBAL_BATCH // processes),
+        # the tolerances below are for a SmallCNN at epsilon 0.1 on all 1197 training images
+        "--model.init_args.model.class_path", "lit_robust.models.SmallCNN",
+        "--model.init_args.epsilon", "0.1", "--model.init_args.step_size", "0.025",
+        "--optimizer.init_args.weight_decay", "0.005",
+        "--data.init_args.train_size", "null", "--data.init_args.train_eval_size", "400",
         "--model.init_args.model.init_args.width", "8", "--model.init_args.train_steps", "2",
         "--model.init_args.val_steps", "3",
         "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "8", "--trainer.num_sanity_val_steps", "0",

@@ -51,3 +51,24 @@ def test_train_eval_is_unaugmented_training_data():
 def test_split_larger_than_data_fails_at_construction(kwargs, setting):
     with pytest.raises(ConfigurationError, match="^" + re.escape(setting) + "=.*must be"):
         DigitsDataModule(**kwargs)
+
+
+def test_train_size_takes_the_first_training_images_and_moves_no_other_split():
+    full = DigitsDataModule(held_out_size=100, eval_size=300, train_eval_size=50)
+    small = DigitsDataModule(held_out_size=100, eval_size=300, train_eval_size=50, train_size=120)
+    full.setup("fit")
+    small.setup("fit")
+    assert len(small.train_set) == 120
+    assert torch.equal(small.train_set.images, full.train_set.images[:120])
+    assert torch.equal(small.train_set.labels, full.train_set.labels[:120])
+    assert small.held_out_set.indices == full.held_out_set.indices
+    assert small.eval_set.indices == full.eval_set.indices
+    assert small.train_eval_set.indices == full.train_eval_set.indices  # the first 50 of the 120
+
+
+@pytest.mark.parametrize("kwargs", [dict(train_size=0), dict(train_size=1798 - 400),
+                                    dict(train_size=30, train_eval_size=50)])
+def test_bad_train_size_is_refused(kwargs):
+    setting = "train_eval_size" if "train_eval_size" in kwargs else "train_size"
+    with pytest.raises(ConfigurationError, match="^" + setting + "=.*must be"):
+        DigitsDataModule(held_out_size=100, eval_size=300, **{"train_eval_size": 20, **kwargs})

@@ -41,8 +41,12 @@ def test_study_file_names_existing_recipes():
         os.chdir(old)
     names = {run["name"] for run in study["runs"]}
     for method in ("at", "trades", "mart", "awp", "amp", "entropy_sgd", "friendly_at", "rotation",
-                   "weight_averaging", "weight_clipping", "label_smoothing", "label_noise", "adam"):
+                   "weight_averaging", "weight_clipping", "label_smoothing", "label_noise", "adam",
+                   "at_seed1", "at_seed2", "at_early_stopping_rloss"):
         assert method in names
+    at = os.path.join("configs", "digits", "at.yaml")
+    for run in study["runs"]:  # every run is the AT recipe, possibly with overlays after it
+        assert run["configs"][0] == at, run["name"]
 
 
 @pytest.mark.parametrize("text, args", [
@@ -84,7 +88,7 @@ AT, TRADES = (os.path.join(ROOT, "configs", "digits", name) for name in ("at.yam
 
 
 def test_local_launcher_runs_two_at_once_and_reports(tmp_path, caplog):
-    study = write_study(tmp_path, f"runs:\n  - {{name: at, configs: [{AT}]}}\n  - {{name: trades, configs: [{TRADES}]}}\n",
+    study = write_study(tmp_path, f"runs:\n  - {{name: at, configs: [{AT}]}}\n  - {{name: trades, configs: [{AT}, {TRADES}]}}\n",
                         TINIEST_COMMON)
     out = tmp_path / "out"
     caplog.set_level("INFO")
@@ -106,7 +110,7 @@ def test_local_launcher_runs_two_at_once_and_reports(tmp_path, caplog):
 
 def test_debug_launcher_seeds_failure_report_and_resume(tmp_path, caplog):
     study = write_study(tmp_path, f"seeds: [0, 1]\nruns:\n  - {{name: at, configs: [{AT}]}}\n"
-                                  f"  - {{name: trades, configs: [{TRADES}]}}\n"
+                                  f"  - {{name: trades, configs: [{AT}, {TRADES}]}}\n"
                                   f"  - {{name: broken, configs: [{AT}], seeds: [3], args: [--trainer.max_epochs, x]}}\n"
                                   f"  - {{name: student, configs: [{AT}], seeds: [0], after: [broken]}}\n")
     out = tmp_path / "out"
@@ -174,7 +178,7 @@ def test_slurm_launcher_writes_one_array_job(tmp_path, monkeypatch):
     monkeypatch.setattr(submitit.core.utils.CommandFunction, "__call__", sbatch)
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))  # no srun here
     study = write_study(tmp_path, f"seeds: [0, 1, 2]\nruns:\n  - {{name: at, configs: [{AT}]}}\n"
-                                  f"  - {{name: trades, configs: [{TRADES}]}}\n")
+                                  f"  - {{name: trades, configs: [{AT}, {TRADES}]}}\n")
     out = tmp_path / "out"
     launcher = Launcher("slurm", partition="gpu_a100", time=90, gpus_per_run=1, array_parallelism=4)
     result = run_study(study, str(out), launcher=launcher, wait=False)

@@ -35,12 +35,16 @@ class DigitsDataModule(AdversarialDataModule):
     """1797 real 8x8 grey-scale digits (10 classes) from scikit-learn, scaled to [0, 1], shape (N, 1, 8, 8).
 
     A fixed seeded permutation splits them into held-out (early stopping), evaluation and training
-    examples; train-eval is the first ``train_eval_size`` training examples, without augmentation.
+    examples; training uses the first ``train_size`` training examples (fewer examples overfit
+    sooner), and train-eval is the first ``train_eval_size`` of those, without augmentation. The
+    held-out and evaluation splits do not depend on ``train_size``.
 
     Args:
         held_out_size: examples held out for early stopping.
         eval_size: examples of the evaluation split.
         train_eval_size: training examples used for evaluation on training data.
+        train_size: train on the first this many training examples; ``None`` (default): all
+            ``1797 - held_out_size - eval_size``.
         split_seed: seed of the permutation that makes the splits (independent of the training seed).
         shift: random translation of training images by up to this many pixels (0: no augmentation).
         batch_size: training batch size.
@@ -54,18 +58,22 @@ class DigitsDataModule(AdversarialDataModule):
 
     def __init__(self, held_out_size: int = 200, eval_size: int = 400, train_eval_size: int = 400,
                  split_seed: int = 0, shift: int = 0, batch_size: int = 64, eval_batch_size: Optional[int] = 200,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0, train_size: Optional[int] = None) -> None:
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers)
         check(held_out_size >= 1, "held_out_size", held_out_size, "an integer >= 1")
         check(eval_size >= 1, "eval_size", eval_size, "an integer >= 1")
-        train_size = self.total_size - held_out_size - eval_size
-        check(train_size >= 1, "held_out_size + eval_size", held_out_size + eval_size,
+        available = self.total_size - held_out_size - eval_size
+        check(available >= 1, "held_out_size + eval_size", held_out_size + eval_size,
               f"smaller than the {self.total_size} images of the digits data set")
+        check(train_size is None or 1 <= train_size <= available, "train_size", train_size,
+              f"null (all) or an integer between 1 and the {available} training images left by held_out_size "
+              f"and eval_size")
+        train_size = available if train_size is None else train_size
         check(1 <= train_eval_size <= train_size, "train_eval_size", train_eval_size,
-              f"between 1 and the {train_size} training images left by held_out_size and eval_size")
+              f"between 1 and the {train_size} training images used (train_size)")
         check(0 <= shift <= 3, "shift", shift, "an integer in [0, 3] (pixels of an 8x8 image)")
         self.held_out_size, self.eval_size, self.train_eval_size = held_out_size, eval_size, train_eval_size
-        self.split_seed, self.shift = split_seed, shift
+        self.split_seed, self.shift, self.train_size = split_seed, shift, train_size
 
     @staticmethod
     def load() -> tuple:
@@ -83,7 +91,7 @@ class DigitsDataModule(AdversarialDataModule):
         order = torch.randperm(self.total_size, generator=torch.Generator().manual_seed(self.split_seed))
         eval_idx = order[: self.eval_size]
         held_out_idx = order[self.eval_size: self.eval_size + self.held_out_size]
-        train_idx = order[self.eval_size + self.held_out_size:]
+        train_idx = order[self.eval_size + self.held_out_size:][: self.train_size]
         plain = TensorDataset(images, labels)
         self.eval_set = Subset(plain, eval_idx.tolist())
         self.held_out_set = Subset(plain, held_out_idx.tolist())

@@ -22,12 +22,19 @@ class AWP(BaseLossModule):
     tensor with fewer than two dimensions). The base loss (``base_loss``) can be AT's cross-entropy,
     TRADES' or MART's (TRADES-AWP, MART-AWP).
 
-    Differences from the official code, which the paper's text does not have: no warm-up epochs
-    without perturbation; the perturbation is never added to w in place, so nothing is subtracted
-    after the step (see :mod:`~lit_robust.modules.weight_perturbation`); under data-parallel training
-    the ascent gradient is averaged over processes. As with the official proxy network, the ascent pass leaves
-    batch normalisation's running statistics unchanged. ``train/rloss`` and ``train/rerr`` are
-    measured at w, without the weight perturbation, as the paper reports AWP's robust loss.
+    ``warmup_epochs`` trains without weight perturbation (plain AT, TRADES or MART) for the first
+    epochs, as the official code's ``--awp-warmup`` (0 in its AT-AWP script, 10 in its TRADES-AWP
+    script, "after some epochs for accelerating"). The ascent direction is only meaningful once the
+    network fits the adversarial examples somewhat: from random weights, a perturbation of relative
+    size xi on the high-loss landscape of early training can keep the network from leaving chance
+    (with the digits network SmallCNNFC, xi = 0.01 without warm-up fell to chance).
+
+    Differences from the official code, which the paper's text does not have: the perturbation is never
+    added to w in place, so nothing is subtracted after the step (see
+    :mod:`~lit_robust.modules.weight_perturbation`); under data-parallel training the ascent gradient is
+    averaged over processes. As with the official proxy network, the ascent pass leaves batch
+    normalisation's running statistics unchanged. ``train/rloss`` and ``train/rerr`` are measured at w,
+    without the weight perturbation, as the paper reports AWP's robust loss.
 
     Per training step with PGD-K and base loss ``"at"``: K + 2 forward passes (K attack iterations,
     one at w for the ascent, one at w + nu for the update), K input-only backward passes and two full
@@ -40,13 +47,18 @@ class AWP(BaseLossModule):
         xi: relative radius and step size, ||nu_l|| = xi ||w_l|| (0.01 in the paper).
         which: tensors to perturb, ``"weights"`` (conv / linear weights, the paper's AWP) or ``"all"``
             (also biases; never normalisation layers), see :func:`~lit_robust.weights.select_parameters`.
+        warmup_epochs: epochs at the start without weight perturbation (0: perturb from the first step,
+            the paper's text and the official AT-AWP; the official TRADES-AWP uses 10).
         **kwargs: :class:`~lit_robust.modules.objectives.BaseLossModule` arguments: ``base_loss``
             (``"at"``, ``"trades"`` or ``"mart"``), ``lam`` and those of
             :class:`~lit_robust.modules.base.AdversarialModule`.
     """
 
-    def __init__(self, *args: Any, xi: float = 0.01, which: Selection = "weights", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, xi: float = 0.01, which: Selection = "weights", warmup_epochs: int = 0,
+                 **kwargs: Any) -> None:
         check(xi > 0, "xi", xi, "a number > 0 (relative radius per layer, 0.01 in the paper)")
+        check(isinstance(warmup_epochs, int) and warmup_epochs >= 0, "warmup_epochs", warmup_epochs,
+              "an integer >= 0 (epochs without weight perturbation)")
         check_choice(which, "which", ("weights", "all"))
         super().__init__(*args, **kwargs)
 
@@ -55,6 +67,11 @@ class AWP(BaseLossModule):
         h = self.hparams
         # inner maximisation over the input, at w
         x_adv = self.train_attack(self.model, x, y)
+        if self.current_epoch < h.warmup_epochs:  # warm-up: the base loss at w, no weight perturbation
+            loss, adversarial_logits = self.robust_loss(self.model, x, x_adv, y)
+            loss = self.add_l1_penalty(loss)
+            self.log_training(loss, adversarial_logits, y)
+            return loss
         # inner maximisation over the weights (Eq. 12): one ascent step of size xi, normalised per layer
         names, weights = names_and_weights(self.model, h.which)
         with running_stats_unchanged(self.model):

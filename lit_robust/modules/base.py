@@ -199,7 +199,7 @@ class AdversarialModule(LightningModule):
             with open(path) as f:
                 metrics = json.load(f)
         for name, value in self.trainer.callback_metrics.items():
-            if name.startswith(("test/", "flatness/", "early_stopping/")):
+            if name.startswith(("test/", "flatness/", "early_stopping/", "robust_overfitting/")):
                 metrics[name] = float(value)
         metrics["epoch"] = self.current_epoch
         metrics["global_step"] = self.global_step

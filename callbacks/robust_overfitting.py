@@ -1,0 +1,161 @@
+"""Robust overfitting in numbers: the held-out robust loss's minimum, its rise, the training robust loss."""
+
+import math
+from typing import Any, Dict, List, Optional
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+from typing_extensions import override
+
+from lit_robust.errors import check
+
+
+class RobustOverfitting(Callback):
+    """Record the held-out and training robust loss per epoch and tell whether training overfit robustly.
+
+    Robust overfitting (Rice et al. 2020; papers/003 Sec. 1, papers/001 Fig. 1): after the first
+    learning-rate drop the robust loss (RLoss, cross-entropy on PGD examples) on held-out examples
+    reaches its minimum and then rises while the training RLoss keeps falling. This callback records
+    ``val/rloss`` (the module's validation on the held-out split) after every validation, the
+    training RLoss (``train/rloss``, the epoch mean on the training adversarial examples) and the
+    learning rate of every epoch. At the end of fit it logs a summary: the epoch and value of the
+    held-out minimum, the final held-out RLoss, the rise ``final / minimum - 1`` and the final
+    training RLoss; with a TensorBoard logger it also adds a chart of both curves with the
+    learning-rate drops marked (an image, and a custom-scalars layout of the logged curves).
+
+    On test the numbers are logged as ``robust_overfitting/best_epoch``, ``robust_overfitting/best_rloss``,
+    ``robust_overfitting/final_rloss``, ``robust_overfitting/rise`` (a fraction: 0.3 is +30%) and
+    ``robust_overfitting/train_rloss``, so that they reach ``metrics.json``.
+
+    Args:
+        threshold: the rise (a fraction of the minimum) above which the summary calls the run
+            robustly overfit.
+    """
+
+    def __init__(self, *, threshold: float = 0.1) -> None:
+        check(threshold >= 0, "threshold", threshold, "a fraction >= 0 (0.1: the final held-out RLoss 10% above "
+                                                      "its minimum)")
+        self.threshold = threshold
+        self.val_rloss: Dict[int, float] = {}
+        self.train_rloss: Dict[int, float] = {}
+        self.lr: Dict[int, float] = {}
+        self._pending_train_epoch: Optional[int] = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(threshold=self.threshold)
+
+    def _record_train_rloss(self, trainer: "pl.Trainer") -> None:
+        # the epoch mean of train/rloss reaches callback_metrics after on_train_epoch_end: read it one hook later
+        value = trainer.callback_metrics.get("train/rloss_epoch")
+        if self._pending_train_epoch is not None and value is not None:
+            self.train_rloss[self._pending_train_epoch] = float(value)
+        self._pending_train_epoch = None
+
+    @override
+    def on_train_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._record_train_rloss(trainer)
+        if trainer.optimizers:
+            self.lr[trainer.current_epoch] = float(trainer.optimizers[0].param_groups[0]["lr"])
+
+    @override
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._pending_train_epoch = trainer.current_epoch
+
+    @override
+    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or "val/rloss" not in trainer.callback_metrics:
+            return
+        self.val_rloss[trainer.current_epoch] = float(trainer.callback_metrics["val/rloss"])
+
+    @override
+    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._record_train_rloss(trainer)
+
+    def summary(self) -> Dict[str, float]:
+        """``best_epoch``, ``best_rloss``, ``final_rloss``, ``rise`` (final / best - 1) and ``train_rloss``
+        (of the last epoch; NaN when not recorded); empty before the first validation."""
+        if not self.val_rloss:
+            return {}
+        best_epoch = min(self.val_rloss, key=lambda epoch: (self.val_rloss[epoch], epoch))
+        best, final = self.val_rloss[best_epoch], self.val_rloss[max(self.val_rloss)]
+        train = self.train_rloss[max(self.train_rloss)] if self.train_rloss else math.nan
+        return {"best_epoch": float(best_epoch), "best_rloss": best, "final_rloss": final,
+                "rise": final / best - 1.0 if best > 0 else 0.0, "train_rloss": train}
+
+    def lr_drops(self) -> List[int]:
+        """Epochs whose learning rate is lower than the previous epoch's."""
+        epochs = sorted(self.lr)
+        return [e for p, e in zip(epochs, epochs[1:]) if self.lr[e] < self.lr[p]]
+
+    @override
+    def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        numbers = self.summary()
+        if not numbers:
+            return
+        drops = self.lr_drops()
+        overfit = numbers["rise"] > self.threshold
+        meaning = ("training kept fitting the training adversarial examples while the robust loss on unseen "
+                   "examples got worse: robust overfitting; early stopping at the minimum keeps the better model."
+                   if overfit else
+                   f"the held-out robust loss did not rise by more than {self.threshold:.0%} of its minimum: no robust "
+                   f"overfitting in this run.")
+        rank_zero_info(
+            f"Robust overfitting: held-out RLoss minimum {numbers['best_rloss']:.4f} at epoch "
+            f"{int(numbers['best_epoch'])} (learning-rate drops at epochs {drops or 'none'}); final held-out RLoss "
+            f"{numbers['final_rloss']:.4f} ({numbers['rise']:+.1%}); final training RLoss "
+            f"{numbers['train_rloss']:.4f}. {meaning}")
+        self._plot(trainer, drops)
+
+    @rank_zero_only
+    def _plot(self, trainer: "pl.Trainer", drops: List[int]) -> None:
+        """A chart of held-out and training RLoss with the learning-rate drops, for TensorBoard."""
+        for logger in trainer.loggers:
+            if not isinstance(logger, TensorBoardLogger):
+                continue
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            figure, axes = plt.subplots(figsize=(6, 4))
+            epochs = sorted(self.val_rloss)
+            axes.plot(epochs, [self.val_rloss[e] for e in epochs], label="held-out RLoss")
+            if self.train_rloss:
+                axes.plot(sorted(self.train_rloss), [self.train_rloss[e] for e in sorted(self.train_rloss)],
+                          label="training RLoss")
+            for i, epoch in enumerate(drops):
+                axes.axvline(epoch, color="grey", linestyle="--", label="learning-rate drop" if i == 0 else None)
+            numbers = self.summary()
+            axes.plot([numbers["best_epoch"]], [numbers["best_rloss"]], "o", color="black",
+                      label="held-out minimum")
+            axes.set_xlabel("epoch")
+            axes.set_ylabel("robust loss (PGD)")
+            axes.set_title(f"held-out RLoss {numbers['rise']:+.0%} from its minimum")
+            axes.legend()
+            figure.tight_layout()
+            experiment = logger.experiment
+            experiment.add_figure("robust_overfitting/rloss", figure, global_step=trainer.global_step, close=True)
+            experiment.add_custom_scalars({"robust overfitting": {
+                "RLoss (held-out and training)": ["Multiline", ["val/rloss", "train/rloss_epoch"]]}})
+            experiment.flush()
+
+    @override
+    def on_test_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        numbers = self.summary()
+        if numbers:
+            pl_module.log_dict({f"robust_overfitting/{name}": value for name, value in numbers.items()},
+                               sync_dist=False)
+
+    @override
+    def state_dict(self) -> Dict[str, Any]:
+        return {"val_rloss": dict(self.val_rloss), "train_rloss": dict(self.train_rloss), "lr": dict(self.lr)}
+
+    @override
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self.val_rloss = {int(k): float(v) for k, v in state_dict["val_rloss"].items()}
+        self.train_rloss = {int(k): float(v) for k, v in state_dict["train_rloss"].items()}
+        self.lr = {int(k): float(v) for k, v in state_dict["lr"].items()}
