@@ -97,15 +97,20 @@ class RobustOverfitting(Callback):
         if not numbers:
             return
         drops = self.lr_drops()
-        overfit = numbers["rise"] > self.threshold
-        meaning = ("training kept fitting the training adversarial examples while the robust loss on unseen "
-                   "examples got worse: robust overfitting; early stopping at the minimum keeps the better model."
-                   if overfit else
-                   f"the held-out robust loss did not rise by more than {self.threshold:.0%} of its minimum: no robust "
-                   f"overfitting in this run.")
+        rose = numbers["rise"] > self.threshold
+        fits = numbers["train_rloss"] < numbers["best_rloss"]
+        if rose and fits:
+            meaning = ("Training kept fitting its adversarial examples while the robust loss on unseen examples got "
+                       "worse: robust overfitting; early stopping at the minimum keeps the better model.")
+        elif rose:
+            meaning = ("The held-out robust loss rose, but the training robust loss is no lower than the held-out "
+                       "minimum: the run is unstable or too short to call it robust overfitting.")
+        else:
+            meaning = (f"The held-out robust loss did not rise by more than {self.threshold:.0%} of its minimum: no "
+                       f"robust overfitting in this run.")
         rank_zero_info(
             f"Robust overfitting: held-out RLoss minimum {numbers['best_rloss']:.4f} at epoch "
-            f"{int(numbers['best_epoch'])} (learning-rate drops at epochs {drops or 'none'}); final held-out RLoss "
+            f"{int(numbers['best_epoch'])} (learning-rate drops at epochs {', '.join(map(str, drops)) if drops else 'none'}); final held-out RLoss "
             f"{numbers['final_rloss']:.4f} ({numbers['rise']:+.1%}); final training RLoss "
             f"{numbers['train_rloss']:.4f}. {meaning}")
         self._plot(trainer, drops)

@@ -42,7 +42,8 @@ def test_study_file_names_existing_recipes():
     names = {run["name"] for run in study["runs"]}
     for method in ("at", "trades", "mart", "awp", "amp", "entropy_sgd", "friendly_at", "rotation",
                    "weight_averaging", "weight_clipping", "label_smoothing", "label_noise", "adam",
-                   "at_seed1", "at_seed2", "at_early_stopping_rloss"):
+                   "at_early_stopping_rloss", "swa", "kd_swa", "temporal_ensembling", "consistency", "sam",
+                   "asam", "hat"):
         assert method in names
     at = os.path.join("configs", "digits", "at.yaml")
     for run in study["runs"]:  # every run is the AT recipe, possibly with overlays after it
