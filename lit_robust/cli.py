@@ -1,17 +1,19 @@
 """The command line: LightningCLI with the project's defaults, a test after fit and a summary."""
 
 import argparse
+import copy
 import logging
 import os
 import pickle
 import re
 import sys
 import zipfile
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
-from pytorch_lightning.utilities import rank_zero_info
+from jsonargparse import Namespace
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from lit_robust.data.base import AdversarialDataModule
@@ -36,15 +38,39 @@ class RobustCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="After fit, test the final weights on the evaluation split and write metrics.json.")
+        parser.add_argument("--allow_untrained", type=bool, default=False,
+                            help="Let test, validate and predict run without --ckpt_path, on untrained weights.")
 
     checkpoint_shapes: Optional[Dict[str, tuple]] = None
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads the hyper-parameters of --ckpt_path here, before any class is built: a file that
-        # is not a checkpoint ends with one message; the tensors' shapes are kept for check_checkpoint
-        config = self.config[self.config["subcommand"]] if self.config.get("subcommand") else {}
-        self.checkpoint_shapes = read_checkpoint_shapes(config.get("ckpt_path"), config.get("weights_only"))
-        super()._parse_ckpt_path()
+        # LightningCLI would load the hyper-parameters saved in --ckpt_path over the settings given here; what
+        # the command line and the configs say wins instead, and only the weights come from the checkpoint. A
+        # file that is not a checkpoint ends with one message; the tensors' shapes are kept for check_checkpoint
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if subcommand != "fit" and ckpt_path is None and not config.get("allow_untrained"):
+            raise ConfigurationError(
+                f"ckpt_path=None is not allowed for {subcommand}: it would evaluate untrained weights; give "
+                f"--ckpt_path CHECKPOINT (or --allow_untrained true to do so on purpose).")
+        checkpoint = read_checkpoint(ckpt_path, config.get("weights_only"))
+        if checkpoint is None:
+            return
+        self.checkpoint_shapes = {name: tuple(value.shape) for name, value in checkpoint["state_dict"].items()}
+        if subcommand == "fit":
+            check_resumable(ckpt_path, checkpoint.get("hyper_parameters") or {}, config["model"])
+
+    def after_instantiate_classes(self) -> None:
+        # the network's configuration joins the module's hyper-parameters, so that hparams.yaml and the
+        # checkpoints name the network that ran and load_from_checkpoint can build it again
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        network = namespace_to_dict(config["model"]["init_args"].get("model"))
+        if isinstance(network, dict) and isinstance(self.model, AdversarialModule):
+            self.model.hparams["model"] = network
+            self.model._hparams_initial["model"] = copy.deepcopy(network)
 
     def before_fit(self) -> None:
         self.check_checkpoint()
@@ -156,9 +182,8 @@ def one_line(message: str) -> str:
 SPECIAL_CHECKPOINTS = ("last", "best", "hpc", "registry")
 
 
-def read_checkpoint_shapes(ckpt_path: Optional[str],
-                           weights_only: Optional[bool] = None) -> Optional[Dict[str, tuple]]:
-    """The shapes of the tensors in the ``state_dict`` of checkpoint ``ckpt_path``, by name.
+def read_checkpoint(ckpt_path: Optional[str], weights_only: Optional[bool] = None) -> Optional[Dict[str, Any]]:
+    """The checkpoint ``ckpt_path``, read on the CPU.
 
     ``None`` when there is no path or Lightning resolves it (``"last"``, ``"best"``, ..., remote paths);
     :class:`ConfigurationError` when the file is missing, unreadable or not a Lightning checkpoint.
@@ -179,7 +204,49 @@ def read_checkpoint_shapes(ckpt_path: Optional[str],
                                  f"({type(error).__name__}: {error}).") from None
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     check(isinstance(state, dict), "ckpt_path", ckpt_path, "a Lightning checkpoint (a file with a state_dict)")
-    return {name: tuple(value.shape) for name, value in state.items()}
+    return checkpoint
+
+
+# settings that may change when a run resumes: they do not change what the checkpoint's weights are
+NOT_COMPARED = ("_class_path", "_instantiator", "model")
+
+
+def check_resumable(ckpt_path: str, saved: Dict[str, Any], model_config: Any) -> None:
+    """Refuse to resume fitting from a checkpoint of another module class or another network (one message
+    naming the difference); warn about the module's settings that differ from the checkpoint's (the
+    settings given here are the ones that run)."""
+    configured = namespace_to_dict(model_config)
+    saved_class = saved.get("_class_path")
+    if saved_class is not None and saved_class != configured.get("class_path"):
+        raise ConfigurationError(
+            f"ckpt_path={ckpt_path!r} is not allowed: it was written by {saved_class}, this run trains "
+            f"{configured.get('class_path')}; to resume, the model class must be the checkpoint's.")
+    init_args = configured.get("init_args") or {}
+    if saved.get("model") is not None and saved["model"] != init_args.get("model"):
+        raise ConfigurationError(
+            f"ckpt_path={ckpt_path!r} is not allowed: its network {describe(saved['model'])} differs from the "
+            f"network configured here, {describe(init_args.get('model'))}; to resume, the network must be the "
+            f"checkpoint's.")
+    changed = [f"{name}: {saved[name]!r} -> {init_args[name]!r}" for name in sorted(saved)
+               if name not in NOT_COMPARED and name in init_args and saved[name] != init_args[name]]
+    if changed:
+        rank_zero_warn(f"Resuming from {ckpt_path} with settings of the model that differ from the checkpoint's "
+                       f"(the ones given here are used): {'; '.join(changed)}.")
+
+
+def namespace_to_dict(value: Any) -> Any:
+    """A jsonargparse ``Namespace`` (or a nest of them) as plain dicts."""
+    if isinstance(value, Namespace):
+        return value.as_dict()
+    return value
+
+
+def describe(network: Any) -> str:
+    """A network's configuration on one line."""
+    if isinstance(network, dict):
+        args = ", ".join(f"{k}={v!r}" for k, v in sorted((network.get("init_args") or {}).items()))
+        return f"{network.get('class_path')}({args})"
+    return repr(network)
 
 
 def check_same_tensors(model: nn.Module, ckpt_path: str, shapes: Dict[str, tuple]) -> None:
