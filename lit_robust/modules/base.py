@@ -26,10 +26,10 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from lit_robust.attacks import PGD, Norm
-from lit_robust.errors import check
+from lit_robust.attacks import PGD, Norm, check_step_size, check_threat_model, require_input_gradients
+from lit_robust.errors import check, check_choice
 from lit_robust.evaluation import AutoAttackVersion, autoattack_wrong, clean_and_robust, evaluate, loader, shard
-from lit_robust.sanity import check_gradient_masking
+from lit_robust.sanity import check_gradient_masking, check_input_range
 from lit_robust.weights import select_parameters
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,11 @@ class AdversarialModule(LightningModule):
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
         check(isinstance(model, nn.Module), "model", type(model).__name__, "an nn.Module")
         check(l1_penalty >= 0, "l1_penalty", l1_penalty, "a number >= 0")
-        check(train_epsilon is None or train_epsilon > 0, "train_epsilon", train_epsilon, "a number > 0 or null")
+        check_choice(norm, "norm", ("linf", "l2"))
+        check_threat_model(epsilon, norm)
+        if train_epsilon is not None:
+            check_threat_model(train_epsilon, norm, "train_epsilon")
+        check_step_size(step_size, min(epsilon, train_epsilon or epsilon))
         for name, value in (("train_steps", train_steps), ("val_steps", val_steps), ("val_restarts", val_restarts),
                             ("test_steps", test_steps), ("test_restarts", test_restarts)):
             check(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
@@ -161,9 +165,19 @@ class AdversarialModule(LightningModule):
             self.test_metrics["rerr_aa"].update(broken.float())
             self.log("test/rerr_aa", self.test_metrics["rerr_aa"], on_epoch=True)
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if batch_idx == 0:
+            check_input_range(batch[0])
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx == 0:
+            check_input_range(batch[0])
+
     def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0:
-            x, y = batch
+            x, y = batch[0], batch[1]
+            check_input_range(x)
+            require_input_gradients()
             check_gradient_masking(self.model, x, y)
 
     def on_test_epoch_end(self) -> None:
