@@ -63,6 +63,5 @@ class AWP(BaseLossModule):
         nu = normalize_direction(gradient, weights, per="layer", scale=h.xi)
         # outer minimisation: the gradient of the base loss at w + nu updates w
         loss, _ = self.robust_loss(forward_at(self.model, names, weights, nu), x, x_adv, y)
-        loss = self.add_l1_penalty(loss)
         self.log_training(loss, adversarial_logits, y)
         return loss

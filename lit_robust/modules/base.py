@@ -84,8 +84,8 @@ class AdversarialModule(LightningModule):
         autoattack_version: AutoAttack version (``"standard"`` in the paper).
         train_epsilon: epsilon of the training attack when it differs from the evaluation epsilon
             (papers/001 Table D, "larger epsilon": train at 9/255, evaluate at 8/255).
-        l1_penalty: weight lambda of the L1 norm of the weights added to the training loss by
-            :meth:`add_l1_penalty` (papers/002 Table 4: 5e-6); 0 turns it off.
+        l1_penalty: weight lambda of the L1 norm of the weights added to the training objective (papers/002
+            Table 4: 5e-6), as its gradient after every backward pass (:meth:`on_after_backward`); 0 turns it off.
     """
 
     def __init__(self, model: nn.Module, optimizer: OptimizerCallable = paper_sgd,
@@ -139,13 +139,24 @@ class AdversarialModule(LightningModule):
         self.log_dict({"train/loss": loss.detach(), "train/rloss": rloss, "train/rerr": rerr},
                       on_step=True, on_epoch=True, prog_bar=False)
 
-    def add_l1_penalty(self, loss: Tensor) -> Tensor:
-        """``loss + l1_penalty * sum_l ||w_l||_1`` over the weights of convolutional and linear layers
-        (no biases, no batch normalisation), the L1 regularisation of papers/002 Table 4 (Rice et al.)."""
+    def on_after_backward(self) -> None:
+        """Add the gradient of ``l1_penalty * sum_l ||w_l||_1``, ``l1_penalty * sign(w)``, to the gradients of the
+        weights of convolutional and linear layers (no biases, no batch normalisation): the L1 regularisation
+        of papers/002 Table 4 (Rice et al.). Every backward pass, automatic or manual, ends here, so that the
+        penalty acts for every variant. The gradient is scaled as the loss was: by the mixed-precision loss
+        scale, and by 1 / accumulate_grad_batches under automatic optimisation."""
         if self.hparams.l1_penalty == 0:
-            return loss
-        l1 = sum(parameter.abs().sum() for _, parameter in select_parameters(self.model, "weights"))
-        return loss + self.hparams.l1_penalty * l1
+            return
+        scale = self.hparams.l1_penalty
+        if self.automatic_optimization:
+            scale /= self.trainer.accumulate_grad_batches
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None and scaler.is_enabled():
+            scale *= float(scaler.get_scale())
+        with torch.no_grad():
+            for _, weight in select_parameters(self.model, "weights"):
+                penalty = scale * weight.sign()
+                weight.grad = penalty if weight.grad is None else weight.grad.add_(penalty)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch

@@ -59,7 +59,7 @@ class PGDAT(AdversarialModule):
             x_adv = torch.where((predicted == y).view(-1, 1, 1, 1), x_adv, x)
         # outer minimisation
         logits = self.model(x_adv)
-        loss = self.add_l1_penalty(self.outer_loss(logits, target))
+        loss = self.outer_loss(logits, target)
         self.log_training(loss, logits, y)
         return loss
 
