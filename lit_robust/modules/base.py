@@ -229,13 +229,34 @@ class AdversarialModule(LightningModule):
         """Stop at once on a non-finite training loss: before the backward pass, so that neither the
         weights nor any checkpoint (ModelCheckpoint saves in ``on_train_batch_end``) sees the step; the
         decision is combined across processes, so that all of them stop at the same step."""
-        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss.detach()).all()), all=True)
-        if not finite:
+        self.stop_unless_finite(bool(torch.isfinite(loss.detach()).all()),
+                                f"non-finite training loss ({float(loss.detach())})", "training stopped before this update")
+
+    def on_validation_epoch_end(self) -> None:
+        """Stop on a non-finite validation loss or non-finite weights, before a checkpoint callback saves
+        them (ModelCheckpoint saves in ``on_validation_end``)."""
+        if self.trainer.sanity_checking:
+            return
+        self.stop_unless_finite(self.weights_are_finite(), "non-finite weights", "training stopped")
+        if not self.val_metrics["loss"].update_count:  # a subclass validates its own way
+            return
+        loss = self.val_metrics["loss"].compute()
+        self.stop_unless_finite(bool(torch.isfinite(loss).all()), f"non-finite validation loss ({float(loss)})",
+                                "training stopped")
+
+    def weights_are_finite(self) -> bool:
+        """Whether every floating-point tensor of the module's state is finite."""
+        return all(bool(torch.isfinite(value).all()) for value in self.state_dict().values()
+                   if torch.is_floating_point(value))
+
+    def stop_unless_finite(self, finite: bool, what: str, consequence: str) -> None:
+        """Raise :class:`FloatingPointError` naming ``what``, the epoch, the step and the last good checkpoint
+        unless ``finite`` holds on every process."""
+        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
             last = self.last_checkpoint()
             raise FloatingPointError(
-                f"non-finite training loss ({float(loss.detach())}) at epoch {self.current_epoch}, global step "
-                f"{self.global_step}; training stopped before this update. Last good checkpoint (kept): "
-                f"{last or 'none was written yet'}.")
+                f"{what} at epoch {self.current_epoch}, global step {self.global_step}; {consequence}. Last good "
+                f"checkpoint (kept): {last or 'none was written yet'}.")
 
     def last_checkpoint(self) -> Optional[str]:
         """The checkpoint file the trainer's checkpoint callbacks wrote last, or ``None``."""
@@ -246,8 +267,16 @@ class AdversarialModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         """Keep the random number generators' states, so that a resumed run draws the same batches and
-        random starts as an uninterrupted one."""
+        random starts as an uninterrupted one; refuse to save non-finite weights."""
         checkpoint["random_states"] = random_states()
+        # no checkpoint with non-finite weights is ever written (nor named as the last good one)
+        finite = all(bool(torch.isfinite(value).all()) for value in checkpoint["state_dict"].values()
+                     if torch.is_floating_point(value))
+        if not finite:
+            raise FloatingPointError(
+                f"non-finite weights at epoch {self.current_epoch}, global step {self.global_step}; training "
+                f"stopped and no checkpoint written. Last good checkpoint (kept): "
+                f"{self.last_checkpoint() or 'none was written yet'}.")
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         """Restore the random number generators' states when a trainer resumes fitting from ``checkpoint``."""
