@@ -7,6 +7,7 @@ import os
 import pickle
 import re
 import sys
+import traceback
 import zipfile
 from typing import Any, Dict, Optional
 
@@ -14,11 +15,13 @@ import torch
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from jsonargparse import Namespace
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lit_robust.data.base import AdversarialDataModule
 from lit_robust.errors import ConfigurationError, check
 from lit_robust.modules.base import AdversarialModule
+from lit_robust.trainer_checks import check_trainer
 
 TRAINER_DEFAULTS = {
     # attacks in validation and test need gradients
@@ -63,6 +66,10 @@ class RobustCLI(LightningCLI):
         if subcommand == "fit":
             check_resumable(ckpt_path, checkpoint.get("hyper_parameters") or {}, config["model"])
 
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.config["subcommand"]] if self.config.get("subcommand") else self.config
+        check_trainer(namespace_to_dict(config["trainer"]))
+
     def after_instantiate_classes(self) -> None:
         # the network's configuration joins the module's hyper-parameters, so that hparams.yaml and the
         # checkpoints name the network that ran and load_from_checkpoint can build it again
@@ -74,6 +81,19 @@ class RobustCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self.check_checkpoint()
+
+    def _add_configure_optimizers_method_to_model(self, subcommand: Optional[str]) -> None:
+        # LightningCLI builds the optimiser and scheduler here, once, to check them: a bad setting of theirs (a
+        # negative learning rate) ends with one message naming them
+        try:
+            super()._add_configure_optimizers_method_to_model(subcommand)
+        except (ValueError, TypeError, KeyError) as error:
+            frames = traceback.extract_tb(error.__traceback__)
+            key = "lr_scheduler" if any("lr_scheduler" in frame.filename for frame in frames) else "optimizer"
+            config = namespace_to_dict((self.config[subcommand] if subcommand else self.config).get(key)) or {}
+            args = ", ".join(f"{name}={value!r}" for name, value in (config.get("init_args") or {}).items()
+                             if value not in (None, False))
+            raise ConfigurationError(f"{key}={config.get('class_path')}({args}) is not allowed: {error}.") from None
 
     def before_validate(self) -> None:
         self.check_checkpoint()
@@ -136,6 +156,9 @@ def main(args: Optional[list] = None) -> None:
         if cause is None and UNION_ERROR not in str(error):
             raise
         sys.stderr.write(f"error: {cause or one_line(str(error))}\n")
+        sys.exit(2)
+    except MisconfigurationException as error:
+        sys.stderr.write(f"error: {one_line(str(error))}\n")
         sys.exit(2)
     except FloatingPointError as error:
         sys.stderr.write(f"error: {error}\n")
