@@ -14,10 +14,12 @@ from typing import Any, Dict, Optional
 import torch
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from jsonargparse import Namespace
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 
+from lit_robust.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from lit_robust.data.base import AdversarialDataModule
 from lit_robust.errors import ConfigurationError, check
 from lit_robust.modules.base import AdversarialModule
@@ -75,6 +77,8 @@ class RobustCLI(LightningCLI):
         # checkpoints name the network that ran and load_from_checkpoint can build it again
         config = self.config[self.subcommand] if self.subcommand else self.config
         network = namespace_to_dict(config["model"]["init_args"].get("model"))
+        if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if isinstance(network, dict) and isinstance(self.model, AdversarialModule):
             self.model.hparams["model"] = network
             self.model._hparams_initial["model"] = copy.deepcopy(network)
@@ -160,7 +164,7 @@ def main(args: Optional[list] = None) -> None:
     except MisconfigurationException as error:
         sys.stderr.write(f"error: {one_line(str(error))}\n")
         sys.exit(2)
-    except FloatingPointError as error:
+    except (FloatingPointError, CheckpointWriteError) as error:
         sys.stderr.write(f"error: {error}\n")
         sys.exit(1)
 
