@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional
 import torch
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from jsonargparse import Namespace
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
@@ -61,12 +62,33 @@ class RobustCLI(LightningCLI):
             raise ConfigurationError(
                 f"ckpt_path=None is not allowed for {subcommand}: it would evaluate untrained weights; give "
                 f"--ckpt_path CHECKPOINT (or --allow_untrained true to do so on purpose).")
+        if ckpt_path == "last":
+            ckpt_path = config["ckpt_path"] = self.resolve_last(config)
         checkpoint = read_checkpoint(ckpt_path, config.get("weights_only"))
         if checkpoint is None:
             return
         self.checkpoint_shapes = {name: tuple(value.shape) for name, value in checkpoint["state_dict"].items()}
         if subcommand == "fit":
             check_resumable(ckpt_path, checkpoint.get("hyper_parameters") or {}, config["model"])
+
+    @staticmethod
+    def resolve_last(config: Any) -> str:
+        """``--ckpt_path last``: the ``last.ckpt`` of the newest run of this configuration's TensorBoard logger
+        (``save_dir/name/version_N``); the resumed run logs to that same version."""
+        logger = namespace_to_dict(config["trainer"].get("logger"))
+        init_args = logger.get("init_args") if isinstance(logger, dict) else None
+        check(isinstance(init_args, dict) and init_args.get("save_dir") is not None, "ckpt_path", "last",
+              "a checkpoint file when the configuration has no TensorBoard logger naming the run's directory")
+        runs = os.path.join(init_args["save_dir"], init_args.get("name") or "lightning_logs")
+        versions = sorted((int(entry[len("version_"):]), entry) for entry in
+                          (os.listdir(runs) if os.path.isdir(runs) else [])
+                          if re.fullmatch(r"version_\d+", entry)
+                          and os.path.isfile(os.path.join(runs, entry, "checkpoints", "last.ckpt")))
+        check(bool(versions), "ckpt_path", "last", f"given where a run wrote a last.ckpt: none under {runs}/version_*/"
+              f"checkpoints (give the checkpoint file instead)")
+        number, version = versions[-1]
+        config["trainer"]["logger"]["init_args"]["version"] = number
+        return os.path.join(runs, version, "checkpoints", "last.ckpt")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.config["subcommand"]] if self.config.get("subcommand") else self.config
@@ -77,6 +99,9 @@ class RobustCLI(LightningCLI):
         # checkpoints name the network that ran and load_from_checkpoint can build it again
         config = self.config[self.subcommand] if self.subcommand else self.config
         network = namespace_to_dict(config["model"]["init_args"].get("model"))
+        for callback in self.trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.save_last is None:
+                callback.save_last = True  # every run can be resumed with --ckpt_path last
         if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if isinstance(network, dict) and isinstance(self.model, AdversarialModule):

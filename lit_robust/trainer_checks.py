@@ -24,7 +24,9 @@ def check_count(trainer: Mapping[str, Any], name: str, minimum: int, allowed: st
 
 def check_batches(trainer: Mapping[str, Any], name: str) -> None:
     value = trainer.get(name)
-    check(value is None or (is_int(value) and value >= 0) or (isinstance(value, float) and 0.0 <= value <= 1.0),
+    whole = isinstance(value, float) and value > 1.0 and value % 1.0 == 0  # as Lightning reads 2.0: 2 batches
+    check(value is None or (is_int(value) and value >= 0) or whole
+          or (isinstance(value, float) and 0.0 <= value <= 1.0),
           f"trainer.{name}", value, "an integer >= 0 (batches) or a fraction in [0.0, 1.0]")
 
 

@@ -154,6 +154,7 @@ TABLE = [
     ("default_root_dir", ["--config", AT, "--trainer.default_root_dir", "{file}/root"], a_file),
     # checkpoints and subcommands
     ("ckpt_path", ["--config", AT, "--ckpt_path", "{file}"], trades_checkpoint),
+    ("ckpt_path", ["--config", AT, "--ckpt_path", "last"], None),
     ("ckpt_path", ["test", "--config", AT], None),
     ("ckpt_path", ["validate", "--config", AT], None),
     ("ckpt_path", ["test", "--config", AT, "--ckpt_path", "{file}"], other_model_checkpoint),

@@ -87,3 +87,13 @@ def test_fit_warns_about_changed_settings_and_uses_them(trained, tmp_path):
 def test_evaluating_untrained_weights_is_refused_unless_allowed(subcommand, tmp_path, capsys):
     refused([subcommand, "--config", AT] + TINY, tmp_path, capsys, "ckpt_path", "--allow_untrained")
     assert run_train([subcommand, "--config", AT, "--allow_untrained", "true"] + TINY, cwd=str(tmp_path)) == 0
+
+
+def test_every_run_writes_last_ckpt_and_ckpt_path_last_resumes_that_run(tmp_path):
+    common = ["fit", "--config", AT, "--test_after_fit", "false"] + TINY
+    assert run_train(common + ["--trainer.max_epochs", "1"], cwd=str(tmp_path)) == 0
+    run = tmp_path / "logs" / "digits_at" / "version_0"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert run_train(common + ["--trainer.max_epochs", "2", "--ckpt_path", "last"], cwd=str(tmp_path)) == 0
+    assert os.listdir(tmp_path / "logs" / "digits_at") == ["version_0"]  # the same run, not a new empty one
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
