@@ -154,6 +154,19 @@ class RobustCLI(LightningCLI):
     def after_test(self) -> None:
         self.summarize()
 
+    def after_predict(self) -> None:
+        """Write the predictions (``labels``, and ``adversarial_labels`` where asked) to ``predictions.pt``."""
+        batches = self.trainer.predict_loop.predictions
+        if not batches or self.trainer.global_rank != 0:
+            return
+        predictions = {key: torch.cat([batch[key] for batch in batches]).cpu() for key in batches[0]}
+        directory = self.trainer.log_dir or self.trainer.default_root_dir
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, "predictions.pt")
+        torch.save(predictions, path)
+        rank_zero_info(f"Predictions ({', '.join(predictions)}) of {len(predictions['labels'])} examples written "
+                       f"to {path}")
+
     def summarize(self) -> None:
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
         lines = ["Summary on the evaluation split:"]

@@ -97,3 +97,19 @@ def test_every_run_writes_last_ckpt_and_ckpt_path_last_resumes_that_run(tmp_path
     assert run_train(common + ["--trainer.max_epochs", "2", "--ckpt_path", "last"], cwd=str(tmp_path)) == 0
     assert os.listdir(tmp_path / "logs" / "digits_at") == ["version_0"]  # the same run, not a new empty one
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+
+
+def test_predict_writes_the_checkpoints_predicted_labels(trained, tmp_path):
+    from lit_robust.data import DigitsDataModule
+    from lit_robust.modules import PGDAT
+
+    assert run_train(["predict", "--config", AT, "--ckpt_path", str(trained),
+                      "--model.init_args.predict_adversarial", "true"] + TINY, cwd=str(tmp_path)) == 0
+    predictions = torch.load(tmp_path / "logs" / "digits_at" / "version_0" / "predictions.pt", weights_only=True)
+    data = DigitsDataModule()
+    data.setup("predict")
+    x = torch.cat([batch[0] for batch in data.test_dataloader()])
+    model = PGDAT.load_from_checkpoint(trained).model.eval()
+    with torch.no_grad():
+        assert torch.equal(predictions["labels"], model(x).argmax(dim=1))
+    assert predictions["adversarial_labels"].shape == predictions["labels"].shape

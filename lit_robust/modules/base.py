@@ -86,6 +86,8 @@ class AdversarialModule(LightningModule):
             (papers/001 Table D, "larger epsilon": train at 9/255, evaluate at 8/255).
         l1_penalty: weight lambda of the L1 norm of the weights added to the training objective (papers/002
             Table 4: 5e-6), as its gradient after every backward pass (:meth:`on_after_backward`); 0 turns it off.
+        predict_adversarial: ``predict`` also gives the labels predicted on the test attack's adversarial
+            examples (``adversarial_labels``; needs labelled batches).
     """
 
     def __init__(self, model: nn.Module, optimizer: OptimizerCallable = paper_sgd,
@@ -95,7 +97,7 @@ class AdversarialModule(LightningModule):
                  val_steps: int = 7, val_restarts: int = 5, test_steps: int = 20, test_restarts: int = 10,
                  test_on_train: bool = True, autoattack: bool = False,
                  autoattack_version: AutoAttackVersion = "standard", train_epsilon: Optional[float] = None,
-                 l1_penalty: float = 0.0) -> None:
+                 l1_penalty: float = 0.0, predict_adversarial: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
         check(isinstance(model, nn.Module), "model", type(model).__name__, "an nn.Module")
@@ -175,6 +177,20 @@ class AdversarialModule(LightningModule):
                                       self.hparams.autoattack_version)
             self.test_metrics["rerr_aa"].update(broken.float())
             self.log("test/rerr_aa", self.test_metrics["rerr_aa"], on_epoch=True)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Tensor]:
+        """The predicted labels of a batch (``labels``), and with ``predict_adversarial`` those on the test
+        attack's adversarial examples (``adversarial_labels``)."""
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        with torch.no_grad():
+            predictions = {"labels": self.model(x).argmax(dim=1)}
+        if self.hparams.predict_adversarial:
+            check(isinstance(batch, (list, tuple)) and len(batch) > 1, "predict_adversarial", True,
+                  "false for unlabelled batches (the attack needs labels)")
+            x_adv = self.test_attack(self.model, x, batch[1])
+            with torch.no_grad():
+                predictions["adversarial_labels"] = self.model(x_adv).argmax(dim=1)
+        return predictions
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if batch_idx == 0:
