@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 import torch
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from jsonargparse import Namespace
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
@@ -99,6 +99,8 @@ class RobustCLI(LightningCLI):
         # checkpoints name the network that ran and load_from_checkpoint can build it again
         config = self.config[self.subcommand] if self.subcommand else self.config
         network = namespace_to_dict(config["model"]["init_args"].get("model"))
+        if self.trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in self.trainer.callbacks):
+            self.trainer.callbacks.insert(0, LearningRateMonitor())  # the schedule in TensorBoard (lr-SGD)
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.save_last is None:
                 callback.save_last = True  # every run can be resumed with --ckpt_path last

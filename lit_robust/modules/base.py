@@ -134,12 +134,15 @@ class AdversarialModule(LightningModule):
         return self.model(x)
 
     def log_training(self, loss: Tensor, adversarial_logits: Tensor, y: Tensor) -> None:
-        """Log ``train/loss`` (the objective), ``train/rloss`` and ``train/rerr`` on the training adversarial examples."""
+        """Log ``train/loss`` (the objective), ``train/rloss`` and ``train/rerr`` on the training adversarial examples:
+        the epoch's means under these names, each step's values as ``train_step/loss`` etc."""
         with torch.no_grad():
             rloss = F.cross_entropy(adversarial_logits.float(), y)
             rerr = (adversarial_logits.argmax(dim=1) != y).float().mean()
-        self.log_dict({"train/loss": loss.detach(), "train/rloss": rloss, "train/rerr": rerr},
-                      on_step=True, on_epoch=True, prog_bar=False)
+        values = {"loss": loss.detach(), "rloss": rloss, "rerr": rerr}
+        # the epoch's means under the plain names (train/loss), each step's values beside them (train_step/loss)
+        self.log_dict({f"train/{name}": value for name, value in values.items()}, on_step=False, on_epoch=True)
+        self.log_dict({f"train_step/{name}": value for name, value in values.items()}, on_step=True, on_epoch=False)
 
     def on_after_backward(self) -> None:
         """Add the gradient of ``l1_penalty * sum_l ||w_l||_1``, ``l1_penalty * sign(w)``, to the gradients of the
