@@ -113,3 +113,14 @@ def test_predict_writes_the_checkpoints_predicted_labels(trained, tmp_path):
     with torch.no_grad():
         assert torch.equal(predictions["labels"], model(x).argmax(dim=1))
     assert predictions["adversarial_labels"].shape == predictions["labels"].shape
+
+
+def test_export_writes_weights_a_plain_network_loads(trained, tmp_path):
+    from lit_robust.export import main
+    from lit_robust.models import SmallCNN
+
+    main([str(trained), str(tmp_path / "net.pt")])
+    network = SmallCNN(width=4)
+    network.load_state_dict(torch.load(tmp_path / "net.pt", weights_only=True))  # strict: every key, no prefix
+    saved = torch.load(trained, weights_only=True)["state_dict"]
+    assert all(torch.equal(value, saved[f"model.{name}"]) for name, value in network.state_dict().items())
