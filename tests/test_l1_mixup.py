@@ -71,14 +71,11 @@ def test_l1_penalty_adds_lambda_sign_w_to_the_gradient_of_every_variant(cls, tmp
         expected = lam * weight.sign() if name in selected else torch.zeros_like(weight)
         assert torch.allclose(grad - without[name][0], expected, atol=1e-6), name
 
-class _Data:
-    num_classes = 10
-
 
 def test_mixup_mixes_images_and_labels_with_one_lambda():
-    """x_mix = lambda x + (1 - lambda) x[pi], target = lambda e_y + (1 - lambda) e_y[pi] (Zhang et al.)."""
+    """x_mix = lambda x + (1 - lambda) x[pi], target = lambda e_y + (1 - lambda) e_y[pi] (Zhang et al.);
+    without a trainer or data module, the number of classes is the network's."""
     module = _module(mixup_alpha=1.4)
-    module.trainer = type("T", (), {"datamodule": _Data()})()
     y = torch.arange(8)
     x = (y.float() / 20).view(-1, 1, 1, 1).expand(8, 1, 8, 8).contiguous()
     lambdas = set()
