@@ -90,3 +90,13 @@ def test_early_stopping_attack_out_of_range(setting, kwargs):
 
 def test_early_stopping_epsilon_alone_is_allowed():
     RobustEarlyStopping(epsilon=0.03)
+
+
+def test_an_optimizer_instance_gets_a_message_asking_for_a_factory():
+    network = SmallCNN(width=4)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    with pytest.raises(ConfigurationError, match=r"^optimizer='SGD' is not allowed: .*functools.partial"):
+        PGDAT(network, optimizer=optimizer, **SMALL)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    with pytest.raises(ConfigurationError, match=r"^lr_scheduler='StepLR' is not allowed: .*factory"):
+        PGDAT(network, lr_scheduler=scheduler, **SMALL)
