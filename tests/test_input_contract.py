@@ -100,3 +100,26 @@ def test_an_optimizer_instance_gets_a_message_asking_for_a_factory():
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
     with pytest.raises(ConfigurationError, match=r"^lr_scheduler='StepLR' is not allowed: .*factory"):
         PGDAT(network, lr_scheduler=scheduler, **SMALL)
+
+
+class NoTestSplit(LightningDataModule):
+    """Training and validation loaders only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = Images(0.0, 1.0).data
+
+    def train_dataloader(self):
+        return DataLoader(self.data, batch_size=8)
+
+    val_dataloader = train_dataloader
+
+
+def test_flatness_monitor_skips_what_a_data_module_without_test_split_cannot_give():
+    from callbacks.flatness_monitor import FlatnessMonitor
+
+    monitor = FlatnessMonitor(examples=8, samples=1, steps=1, batch_size=8)
+    with pytest.warns(UserWarning, match="has no test_dataloader; the measures on the eval split are skipped"):
+        trainer(limit_train_batches=1, limit_val_batches=1, callbacks=[monitor]).fit(
+            PGDAT(SmallCNN(width=4), **SMALL), datamodule=NoTestSplit())
+    assert monitor.results == {}
