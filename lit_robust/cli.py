@@ -15,6 +15,7 @@ import torch
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from jsonargparse import Namespace
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
@@ -156,6 +157,18 @@ class RobustCLI(LightningCLI):
     def after_test(self) -> None:
         self.summarize()
 
+    def log_configuration(self, metrics: Dict[str, float]) -> None:
+        """The whole configuration (network, attacks, optimiser, schedule, data, seed) as TensorBoard
+        hyper-parameters, with the test metrics as their metrics (TensorBoard's HPARAMS tab)."""
+        logger = self.trainer.logger
+        if not isinstance(logger, TensorBoardLogger) or self.trainer.global_rank != 0:
+            return
+        config = namespace_to_dict(self.config[self.subcommand])
+        for key in ("trainer", "config"):
+            config.pop(key, None)
+        config["max_epochs"] = self.trainer.max_epochs
+        logger.log_hyperparams({"config": config}, {k: v for k, v in metrics.items() if k.startswith("test/")})
+
     def after_predict(self) -> None:
         """Write the predictions (``labels``, and ``adversarial_labels`` where asked) to ``predictions.pt``."""
         batches = self.trainer.predict_loop.predictions
@@ -171,6 +184,7 @@ class RobustCLI(LightningCLI):
 
     def summarize(self) -> None:
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
+        self.log_configuration(metrics)
         lines = ["Summary on the evaluation split:"]
         for key, label in (("test/err", "clean error"), ("test/rerr_pgd", "PGD robust error"),
                            ("test/rloss_pgd", "PGD robust loss"), ("test/rerr_aa", "AutoAttack robust error"),
