@@ -254,8 +254,8 @@ class AdversarialModule(LightningModule):
         """Stop at once on a non-finite training loss: before the backward pass, so that neither the
         weights nor any checkpoint (ModelCheckpoint saves in ``on_train_batch_end``) sees the step; the
         decision is combined across processes, so that all of them stop at the same step."""
-        self.stop_unless_finite(bool(torch.isfinite(loss.detach()).all()),
-                                f"non-finite training loss ({float(loss.detach())})", "training stopped before this update")
+        self.stop_unless_finite(bool(torch.isfinite(loss.detach()).all()), f"non-finite training loss "
+                                f"({float(loss.detach())})", "training stopped before this update")
 
     def on_validation_epoch_end(self) -> None:
         """Stop on a non-finite validation loss or non-finite weights, before a checkpoint callback saves
