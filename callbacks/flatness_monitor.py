@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch.utils.data import Subset
 from typing_extensions import override
 
@@ -273,11 +274,11 @@ class FlatnessMonitor(ScheduledMeasurement):
         splits = self.fit_splits if stage == "fit" else self.test_splits
         metrics: Dict[str, float] = {}
         for split in splits:
-            loader_fn = datamodule.test_dataloader if split == "eval" else getattr(datamodule, "train_eval_dataloader",
-                                                                                   None)
-            if loader_fn is None:
-                rank_zero_warn(f"FlatnessMonitor: {type(datamodule).__name__} has no train_eval_dataloader; "
-                               f"the _train measures are skipped.")
+            name = "test_dataloader" if split == "eval" else "train_eval_dataloader"
+            loader_fn = getattr(datamodule, name, None)
+            if loader_fn is None or (split == "eval" and not is_overridden(name, datamodule)):
+                rank_zero_warn(f"FlatnessMonitor: {type(datamodule).__name__} has no {name}; the measures on "
+                               f"the {split} split are skipped.")
                 continue
             dataset = loader_fn().dataset
             first = Subset(dataset, range(min(self.settings[cost]["examples"], len(dataset))))

@@ -79,8 +79,8 @@ class RobustEarlyStopping(Callback):
         check(patience is None or patience >= 1, "patience", patience, "an integer >= 1 or null (never stop)")
         check(bool(filename) and os.sep not in filename, "filename", filename, "a file name without directory")
         # the attack's own checks of every given setting, now; what is left unset comes from the module in setup
-        PGD(1.0 if epsilon is None else epsilon, 1.0 if step_size is None else step_size, steps, restarts=restarts,
-            norm=norm or "linf")
+        PGD(1.0 if epsilon is None else epsilon, (1.0 if epsilon is None else epsilon) if step_size is None
+            else step_size, steps, restarts=restarts, norm=norm or "linf")
         self.monitor = monitor
         self.every_n_epochs = every_n_epochs
         self.steps = steps

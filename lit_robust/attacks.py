@@ -14,6 +14,7 @@ test example". Adversarial training uses the last iterate of a single run (``kee
 which saves the forward pass that would score the final iterate.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -87,6 +88,34 @@ class restore_modes:
             module.training = mode
 
 
+def require_input_gradients() -> None:
+    """Raise :class:`RuntimeError` with what to do when called under ``torch.inference_mode()``, where no
+    input gradient exists (Lightning's Trainer evaluates in inference mode by default)."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "attacks need input gradients but were called under torch.inference_mode(); run the Trainer with "
+            "inference_mode=False (train.py does) or call them outside inference mode.")
+
+
+def check_threat_model(epsilon: float, norm: Norm, setting: str = "epsilon") -> None:
+    """Raise :class:`~lit_robust.errors.ConfigurationError` unless ``epsilon`` is a radius of the ``norm``
+    threat model on [0, 1] images: in (0, 1] for L-inf (a larger ball holds every image), > 0 for L2."""
+    if norm == "linf":
+        check(isinstance(epsilon, (int, float)) and 0 < epsilon <= 1, setting, epsilon,
+              "a number in (0, 1] for the L-inf threat model (pixel units of [0, 1] images, e.g. 8/255)")
+    else:
+        check(isinstance(epsilon, (int, float)) and 0 < epsilon < math.inf, setting, epsilon,
+              "a finite number > 0 for the L2 threat model (e.g. 0.5)")
+
+
+def check_step_size(step_size: float, epsilon: float, setting: str = "step_size") -> None:
+    """Raise :class:`~lit_robust.errors.ConfigurationError` unless ``0 < step_size <= 2 * epsilon``: a longer
+    step leaves the epsilon-ball from any point of it, so that the projection undoes it."""
+    check(isinstance(step_size, (int, float)) and 0 < step_size <= 2 * epsilon, setting, step_size,
+          f"a number in (0, 2 * epsilon] = (0, {2 * epsilon:.4g}] (a longer step only leaves the epsilon-ball; "
+          f"e.g. epsilon / 4)")
+
+
 class PGD:
     """Projected gradient descent on the input (Madry et al.; papers/001 Sec. F).
 
@@ -107,11 +136,11 @@ class PGD:
     def __init__(self, epsilon: float, step_size: float, steps: int, restarts: int = 1,
                  norm: Norm = "linf", random_start: bool = True, bn_mode: BNMode = "eval",
                  loss: Objective = "ce", keep_best: bool = True, init_std: float = 0.0) -> None:
-        check(epsilon > 0, "epsilon", epsilon, "a number > 0 (pixel units, e.g. 8/255)")
-        check(step_size > 0, "step_size", step_size, "a number > 0")
+        check_choice(norm, "norm", ("linf", "l2"))
+        check_threat_model(epsilon, norm)
+        check_step_size(step_size, epsilon)
         check(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer >= 1")
         check(isinstance(restarts, int) and restarts >= 1, "restarts", restarts, "an integer >= 1")
-        check_choice(norm, "norm", ("linf", "l2"))
         check_choice(bn_mode, "bn_mode", ("eval", "train"))
         check_choice(loss, "loss", ("ce", "kl"))
         check(init_std >= 0, "init_std", init_std, "a number >= 0")
@@ -144,10 +173,7 @@ class PGD:
             score: also return the loss and logits of the returned examples (one more forward
                 pass when they are not known already).
         """
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                "PGD needs input gradients but was called under torch.inference_mode(); "
-                "run the Trainer with inference_mode=False (train.py does) or call it outside inference mode.")
+        require_input_gradients()
         x = x.detach()
         with restore_modes(model, self.bn_mode == "train"), torch.enable_grad():
             clean_logits = None

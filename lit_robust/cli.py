@@ -1,22 +1,31 @@
 """The command line: LightningCLI with the project's defaults, a test after fit and a summary."""
 
 import argparse
+import copy
 import logging
 import os
 import pickle
 import re
 import sys
+import traceback
 import zipfile
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
-from pytorch_lightning.utilities import rank_zero_info
+from jsonargparse import Namespace
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 
+from lit_robust.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from lit_robust.data.base import AdversarialDataModule
 from lit_robust.errors import ConfigurationError, check
 from lit_robust.modules.base import AdversarialModule
+from lit_robust.trainer_checks import check_trainer
 
 TRAINER_DEFAULTS = {
     # attacks in validation and test need gradients
@@ -36,18 +45,87 @@ class RobustCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="After fit, test the final weights on the evaluation split and write metrics.json.")
+        parser.add_argument("--allow_untrained", type=bool, default=False,
+                            help="Let test, validate and predict run without --ckpt_path, on untrained weights.")
 
     checkpoint_shapes: Optional[Dict[str, tuple]] = None
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads the hyper-parameters of --ckpt_path here, before any class is built: a file that
-        # is not a checkpoint ends with one message; the tensors' shapes are kept for check_checkpoint
-        config = self.config[self.config["subcommand"]] if self.config.get("subcommand") else {}
-        self.checkpoint_shapes = read_checkpoint_shapes(config.get("ckpt_path"), config.get("weights_only"))
-        super()._parse_ckpt_path()
+        # LightningCLI would load the hyper-parameters saved in --ckpt_path over the settings given here; what
+        # the command line and the configs say wins instead, and only the weights come from the checkpoint. A
+        # file that is not a checkpoint ends with one message; the tensors' shapes are kept for check_checkpoint
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if subcommand != "fit" and ckpt_path is None and not config.get("allow_untrained"):
+            raise ConfigurationError(
+                f"ckpt_path=None is not allowed for {subcommand}: it would evaluate untrained weights; give "
+                f"--ckpt_path CHECKPOINT (or --allow_untrained true to do so on purpose).")
+        if ckpt_path == "last":
+            ckpt_path = config["ckpt_path"] = self.resolve_last(config)
+        checkpoint = read_checkpoint(ckpt_path, config.get("weights_only"))
+        if checkpoint is None:
+            return
+        self.checkpoint_shapes = {name: tuple(value.shape) for name, value in checkpoint["state_dict"].items()}
+        if subcommand == "fit":
+            check_resumable(ckpt_path, checkpoint.get("hyper_parameters") or {}, config["model"])
+
+    @staticmethod
+    def resolve_last(config: Any) -> str:
+        """``--ckpt_path last``: the ``last.ckpt`` of the newest run of this configuration's TensorBoard logger
+        (``save_dir/name/version_N``); the resumed run logs to that same version."""
+        logger = namespace_to_dict(config["trainer"].get("logger"))
+        init_args = logger.get("init_args") if isinstance(logger, dict) else None
+        check(isinstance(init_args, dict) and init_args.get("save_dir") is not None, "ckpt_path", "last",
+              "a checkpoint file when the configuration has no TensorBoard logger naming the run's directory")
+        runs = os.path.join(init_args["save_dir"], init_args.get("name") or "lightning_logs")
+        versions = sorted((int(entry[len("version_"):]), entry) for entry in
+                          (os.listdir(runs) if os.path.isdir(runs) else [])
+                          if re.fullmatch(r"version_\d+", entry)
+                          and os.path.isfile(os.path.join(runs, entry, "checkpoints", "last.ckpt")))
+        check(bool(versions), "ckpt_path", "last", f"given where a run wrote a last.ckpt: none under {runs}/version_*/"
+              f"checkpoints (give the checkpoint file instead)")
+        number, version = versions[-1]
+        config["trainer"]["logger"]["init_args"]["version"] = number
+        return os.path.join(runs, version, "checkpoints", "last.ckpt")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.config["subcommand"]] if self.config.get("subcommand") else self.config
+        check_trainer(namespace_to_dict(config["trainer"]))
+
+    def after_instantiate_classes(self) -> None:
+        # the network's configuration joins the module's hyper-parameters, so that hparams.yaml and the
+        # checkpoints name the network that ran and load_from_checkpoint can build it again
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        network = namespace_to_dict(config["model"]["init_args"].get("model"))
+        if self.trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in self.trainer.callbacks):
+            self.trainer.callbacks.insert(0, LearningRateMonitor())  # the schedule in TensorBoard (lr-SGD)
+        for callback in self.trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.save_last is None:
+                callback.save_last = True  # every run can be resumed with --ckpt_path last
+        if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if isinstance(network, dict) and isinstance(self.model, AdversarialModule):
+            self.model.hparams["model"] = network
+            self.model._hparams_initial["model"] = copy.deepcopy(network)
 
     def before_fit(self) -> None:
         self.check_checkpoint()
+
+    def _add_configure_optimizers_method_to_model(self, subcommand: Optional[str]) -> None:
+        # LightningCLI builds the optimiser and scheduler here, once, to check them: a bad setting of theirs (a
+        # negative learning rate) ends with one message naming them
+        try:
+            super()._add_configure_optimizers_method_to_model(subcommand)
+        except (ValueError, TypeError, KeyError) as error:
+            frames = traceback.extract_tb(error.__traceback__)
+            key = "lr_scheduler" if any("lr_scheduler" in frame.filename for frame in frames) else "optimizer"
+            config = namespace_to_dict((self.config[subcommand] if subcommand else self.config).get(key)) or {}
+            args = ", ".join(f"{name}={value!r}" for name, value in (config.get("init_args") or {}).items()
+                             if value not in (None, False))
+            raise ConfigurationError(f"{key}={config.get('class_path')}({args}) is not allowed: {error}.") from None
 
     def before_validate(self) -> None:
         self.check_checkpoint()
@@ -79,8 +157,34 @@ class RobustCLI(LightningCLI):
     def after_test(self) -> None:
         self.summarize()
 
+    def log_configuration(self, metrics: Dict[str, float]) -> None:
+        """The whole configuration (network, attacks, optimiser, schedule, data, seed) as TensorBoard
+        hyper-parameters, with the test metrics as their metrics (TensorBoard's HPARAMS tab)."""
+        logger = self.trainer.logger
+        if not isinstance(logger, TensorBoardLogger) or self.trainer.global_rank != 0:
+            return
+        config = namespace_to_dict(self.config[self.subcommand])
+        for key in ("trainer", "config"):
+            config.pop(key, None)
+        config["max_epochs"] = self.trainer.max_epochs
+        logger.log_hyperparams({"config": config}, {k: v for k, v in metrics.items() if k.startswith("test/")})
+
+    def after_predict(self) -> None:
+        """Write the predictions (``labels``, and ``adversarial_labels`` where asked) to ``predictions.pt``."""
+        batches = self.trainer.predict_loop.predictions
+        if not batches or self.trainer.global_rank != 0:
+            return
+        predictions = {key: torch.cat([batch[key] for batch in batches]).cpu() for key in batches[0]}
+        directory = self.trainer.log_dir or self.trainer.default_root_dir
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, "predictions.pt")
+        torch.save(predictions, path)
+        rank_zero_info(f"Predictions ({', '.join(predictions)}) of {len(predictions['labels'])} examples written "
+                       f"to {path}")
+
     def summarize(self) -> None:
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
+        self.log_configuration(metrics)
         lines = ["Summary on the evaluation split:"]
         for key, label in (("test/err", "clean error"), ("test/rerr_pgd", "PGD robust error"),
                            ("test/rloss_pgd", "PGD robust loss"), ("test/rerr_aa", "AutoAttack robust error"),
@@ -111,7 +215,10 @@ def main(args: Optional[list] = None) -> None:
             raise
         sys.stderr.write(f"error: {cause or one_line(str(error))}\n")
         sys.exit(2)
-    except FloatingPointError as error:
+    except MisconfigurationException as error:
+        sys.stderr.write(f"error: {one_line(str(error))}\n")
+        sys.exit(2)
+    except (FloatingPointError, CheckpointWriteError) as error:
         sys.stderr.write(f"error: {error}\n")
         sys.exit(1)
 
@@ -156,9 +263,8 @@ def one_line(message: str) -> str:
 SPECIAL_CHECKPOINTS = ("last", "best", "hpc", "registry")
 
 
-def read_checkpoint_shapes(ckpt_path: Optional[str],
-                           weights_only: Optional[bool] = None) -> Optional[Dict[str, tuple]]:
-    """The shapes of the tensors in the ``state_dict`` of checkpoint ``ckpt_path``, by name.
+def read_checkpoint(ckpt_path: Optional[str], weights_only: Optional[bool] = None) -> Optional[Dict[str, Any]]:
+    """The checkpoint ``ckpt_path``, read on the CPU.
 
     ``None`` when there is no path or Lightning resolves it (``"last"``, ``"best"``, ..., remote paths);
     :class:`ConfigurationError` when the file is missing, unreadable or not a Lightning checkpoint.
@@ -179,7 +285,49 @@ def read_checkpoint_shapes(ckpt_path: Optional[str],
                                  f"({type(error).__name__}: {error}).") from None
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     check(isinstance(state, dict), "ckpt_path", ckpt_path, "a Lightning checkpoint (a file with a state_dict)")
-    return {name: tuple(value.shape) for name, value in state.items()}
+    return checkpoint
+
+
+# settings that may change when a run resumes: they do not change what the checkpoint's weights are
+NOT_COMPARED = ("_class_path", "_instantiator", "model")
+
+
+def check_resumable(ckpt_path: str, saved: Dict[str, Any], model_config: Any) -> None:
+    """Refuse to resume fitting from a checkpoint of another module class or another network (one message
+    naming the difference); warn about the module's settings that differ from the checkpoint's (the
+    settings given here are the ones that run)."""
+    configured = namespace_to_dict(model_config)
+    saved_class = saved.get("_class_path")
+    if saved_class is not None and saved_class != configured.get("class_path"):
+        raise ConfigurationError(
+            f"ckpt_path={ckpt_path!r} is not allowed: it was written by {saved_class}, this run trains "
+            f"{configured.get('class_path')}; to resume, the model class must be the checkpoint's.")
+    init_args = configured.get("init_args") or {}
+    if saved.get("model") is not None and saved["model"] != init_args.get("model"):
+        raise ConfigurationError(
+            f"ckpt_path={ckpt_path!r} is not allowed: its network {describe(saved['model'])} differs from the "
+            f"network configured here, {describe(init_args.get('model'))}; to resume, the network must be the "
+            f"checkpoint's.")
+    changed = [f"{name}: {saved[name]!r} -> {init_args[name]!r}" for name in sorted(saved)
+               if name not in NOT_COMPARED and name in init_args and saved[name] != init_args[name]]
+    if changed:
+        rank_zero_warn(f"Resuming from {ckpt_path} with settings of the model that differ from the checkpoint's "
+                       f"(the ones given here are used): {'; '.join(changed)}.")
+
+
+def namespace_to_dict(value: Any) -> Any:
+    """A jsonargparse ``Namespace`` (or a nest of them) as plain dicts."""
+    if isinstance(value, Namespace):
+        return value.as_dict()
+    return value
+
+
+def describe(network: Any) -> str:
+    """A network's configuration on one line."""
+    if isinstance(network, dict):
+        args = ", ".join(f"{k}={v!r}" for k, v in sorted((network.get("init_args") or {}).items()))
+        return f"{network.get('class_path')}({args})"
+    return repr(network)
 
 
 def check_same_tensors(model: nn.Module, ckpt_path: str, shapes: Dict[str, tuple]) -> None:

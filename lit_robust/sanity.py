@@ -18,6 +18,16 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lit_robust.attacks import restore_modes
+from lit_robust.errors import check
+
+
+def check_input_range(x: Tensor) -> None:
+    """Raise :class:`~lit_robust.errors.ConfigurationError` unless the images ``x`` lie in [0, 1]: the attacks
+    clamp to [0, 1], so normalised inputs would be silently clipped and epsilon would not be in pixel units."""
+    low, high = float(x.min()), float(x.max())
+    check(low >= 0 and high <= 1, "inputs", f"[{low:.4g}, {high:.4g}]",
+          "images in [0, 1]: models take [0, 1] images and normalise them inside the model "
+          "(lit_robust.models.Normalize as its first layer), not in the data transforms")
 
 
 def looks_like_probabilities(logits: Tensor, tolerance: float = 1e-3) -> bool:

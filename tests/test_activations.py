@@ -84,3 +84,28 @@ def test_small_cnn_uses_activation_and_features():
     x = torch.rand(3, 1, 8, 8)
     assert model.forward_features(x).shape == (3, model.num_features)
     assert model(x).shape == (3, 10)
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_a_misspelt_parameter_is_an_error_for_every_activation(name):
+    with pytest.raises(ConfigurationError, match=rf"^activation_kwargs=.*slpoe.* is not allowed: {name} takes"):
+        get_activation(name, slpoe=0.2)
+    with pytest.raises(ConfigurationError, match="activation_kwargs"):
+        SmallCNN(width=4, activation=name, activation_kwargs={"slpoe": 0.2})
+
+
+def test_a_misspelt_parameter_of_a_class_is_an_error():
+    with pytest.raises(ConfigurationError, match="activation_kwargs=.*beta.*SiLU takes inplace"):
+        get_activation(nn.SiLU, beta=2.0)
+
+
+@pytest.mark.parametrize("name, kwargs, check", [
+    ("leaky_relu", {"slope": 0.2}, lambda m: m.negative_slope == 0.2),
+    ("pswish", {"beta": 2.0}, lambda m: m.beta == 2.0),
+    ("softplus", {"beta": 3.0}, lambda m: m.beta == 3.0),
+    ("elu", {"alpha": 0.5}, lambda m: m.alpha == 0.5),
+    ("gelu", {"approximate": "tanh"}, lambda m: m.approximate == "tanh"),
+    ("relu", {"inplace": True}, lambda m: m.inplace),
+])
+def test_parameters_reach_the_constructor(name, kwargs, check):
+    assert check(get_activation(name, **kwargs))

@@ -42,6 +42,20 @@ def other_model_checkpoint(directory):
     return path
 
 
+def trades_checkpoint(directory):
+    """A checkpoint of TRADES with the digits recipe's network, as train.py writes it."""
+    path = directory / "trades.ckpt"
+    torch.save({"state_dict": PGDAT(SmallCNN()).state_dict(), "pytorch-lightning_version": "2.6.0",
+                "hyper_parameters": {"_class_path": "lit_robust.modules.TRADES", "epsilon": 0.1, "lam": 6.0}}, path)
+    return path
+
+
+def a_file(directory):
+    path = directory / "a_file"
+    path.write_text("not a directory")
+    return path
+
+
 def not_a_checkpoint(directory):
     path = directory / "notes.ckpt"
     path.write_text("not a checkpoint")
@@ -88,7 +102,65 @@ TABLE = [
     ("max_epochs", ["--config", AT, "--trainer.max_epochs", "many"], None),
     ("epsilonn", ["--config", AT, "--model.init_args.epsilonn", "0.1"], None),
     ("config", ["--config", "{tmp}/no_such_config.yaml"], None),
+    # the threat model
+    ("epsilon", ["--config", AT, "--model.init_args.epsilon", "1.5"], None),
+    ("epsilon", ["--config", AT, "--model.init_args.epsilon", "nan"], None),
+    ("epsilon", ["--config", AT, "--model.init_args.norm", "l2", "--model.init_args.epsilon", "-1"], None),
+    ("train_epsilon", ["--config", AT, "--model.init_args.train_epsilon", "2.0"], None),
+    ("train_epsilon", ["--config", AT, "--model.init_args.train_epsilon", "-0.1"], None),
+    ("step_size", ["--config", AT, "--model.init_args.step_size", "0.5"], None),
+    ("step_size", ["--config", AT, "--model.init_args.step_size", "-0.01"], None),
+    ("l1_penalty", ["--config", AT, "--model.init_args.l1_penalty", "-1"], None),
+    ("test_steps", ["--config", AT, "--model.init_args.test_steps", "0"], None),
+    ("test_restarts", ["--config", AT, "--model.init_args.test_restarts", "0"], None),
+    ("val_steps", ["--config", AT, "--model.init_args.val_steps", "-1"], None),
+    ("activation_kwargs", ["--config", AT, "--model.init_args.model.init_args.activation", "leaky_relu",
+                           "--model.init_args.model.init_args.activation_kwargs", "{{slpoe: 0.2}}"], None),
+    ("epsilon", ["--config", AT, CALLBACK.format("callbacks.RobustEarlyStopping"), "--trainer.callbacks.epsilon",
+                 "1.5"], None),
+    ("step_size", ["--config", AT, CALLBACK.format("callbacks.RobustEarlyStopping"), "--trainer.callbacks.epsilon",
+                   "0.1", "--trainer.callbacks.step_size", "0.5"], None),
+    ("worst_xi", ["--config", AT, CALLBACK.format("callbacks.flatness_monitor.FlatnessMonitor"),
+                  "--trainer.callbacks.worst_xi", "0"], None),
+    ("decay", ["--config", AT, CALLBACK.format("callbacks.WeightAveraging"), "--trainer.callbacks.decay", "2"], None),
+    # the optimiser and the schedule
+    ("lr", ["--config", AT, "--optimizer.init_args.lr", "-0.1"], None),
+    ("momentum", ["--config", AT, "--optimizer.init_args.momentum", "-1"], None),
+    ("weight_decay", ["--config", AT, "--optimizer.init_args.weight_decay", "-0.5"], None),
+    ("betas", ["--config", AT, "--optimizer", "torch.optim.Adam", "--optimizer.init_args.betas", "[2, 0.9]"], None),
+    # the trainer
+    ("max_epochs", ["--config", AT, "--trainer.max_epochs", "-5"], None),
+    ("max_steps", ["--config", AT, "--trainer.max_steps", "-3"], None),
+    ("min_epochs", ["--config", AT, "--trainer.min_epochs", "-1"], None),
+    ("accelerator", ["--config", AT, "--trainer.accelerator", "tpu"], None),
+    ("accelerator", ["--config", AT, "--trainer.accelerator", "quantum"], None),
+    ("devices", ["--config", AT, "--trainer.devices", "0"], None),
+    ("devices", ["--config", AT, "--trainer.devices", "-2"], None),
+    ("devices", ["--config", AT, "--trainer.devices", "many"], None),
+    ("num_nodes", ["--config", AT, "--trainer.num_nodes", "0"], None),
+    ("accumulate_grad_batches", ["--config", AT, "--trainer.accumulate_grad_batches", "0"], None),
+    ("check_val_every_n_epoch", ["--config", AT, "--trainer.check_val_every_n_epoch", "0"], None),
+    ("log_every_n_steps", ["--config", AT, "--trainer.log_every_n_steps", "0"], None),
+    ("val_check_interval", ["--config", AT, "--trainer.val_check_interval", "0"], None),
+    ("val_check_interval", ["--config", AT, "--trainer.val_check_interval", "1.5"], None),
+    ("limit_train_batches", ["--config", AT, "--trainer.limit_train_batches", "-1"], None),
+    ("limit_val_batches", ["--config", AT, "--trainer.limit_val_batches", "1.5"], None),
+    ("num_sanity_val_steps", ["--config", AT, "--trainer.num_sanity_val_steps", "-2"], None),
+    ("gradient_clip_val", ["--config", AT, "--trainer.gradient_clip_val", "-1"], None),
+    ("strategy", ["--config", AT, "--trainer.strategy", "nostrategy"], None),
+    ("inference_mode", ["--config", AT, "--trainer.inference_mode", "true"], None),
+    ("save_dir", ["--config", AT, "--trainer.logger.init_args.save_dir", "{file}"], a_file),
+    ("save_dir", ["--config", AT, "--trainer.logger.init_args.save_dir", "{file}/logs"], a_file),
+    ("default_root_dir", ["--config", AT, "--trainer.default_root_dir", "{file}/root"], a_file),
+    # checkpoints and subcommands
+    ("ckpt_path", ["--config", AT, "--ckpt_path", "{file}"], trades_checkpoint),
+    ("ckpt_path", ["--config", AT, "--ckpt_path", "last"], None),
+    ("ckpt_path", ["test", "--config", AT], None),
+    ("ckpt_path", ["validate", "--config", AT], None),
+    ("ckpt_path", ["test", "--config", AT, "--ckpt_path", "{file}"], other_model_checkpoint),
 ]
+if not torch.cuda.is_available():
+    TABLE.append(("accelerator", ["--config", AT, "--trainer.accelerator", "gpu"], None))
 
 
 def log_directory_state(root):
@@ -115,12 +187,19 @@ def test_bad_input_is_one_message_and_nothing_written(tmp_path, capsys, setting,
     file = make(inputs) if make else None
     arguments = [a.format(tmp=inputs, file=file) for a in arguments]
 
-    code = run_train(["fit"] + arguments, cwd=str(tmp_path))
+    if arguments[0].startswith("-"):
+        arguments = ["fit"] + arguments
+    code = run_train(arguments, cwd=str(tmp_path))
 
     err = capsys.readouterr().err
-    assert code not in (0, None)
+    assert code == 2, err
     assert "Traceback" not in err, err
     messages = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(messages) == 1, err
     assert setting in messages[0], messages[0]
     assert log_directory_state(tmp_path / "logs") == before
+    assert sorted(os.listdir(tmp_path)) == ["inputs", "logs"]
+
+
+def test_the_table_is_long():
+    assert len(TABLE) >= 60

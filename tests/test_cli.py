@@ -27,7 +27,15 @@ def test_fit_logs_val_rerr_per_epoch_and_tests(tmp_path):
     values = scalars(str(log_dir))
     assert len(values["val/rerr"]) == 2
     assert all(0 <= v <= 1 for v in values["val/rerr"])
-    assert "train/rloss_epoch" in values and "test/rerr_pgd" in values
+    assert len(values["train/loss"]) == 2 and len(values["train/rerr"]) == 2  # the README's names, once per epoch
+    assert "train_step/loss" in values and "test/rerr_pgd" in values
+    assert "lr-SGD" in values  # the learning rate
+    hparams = []  # TensorBoard's HPARAMS tab: the configuration, with the test metrics
+    for path in glob.glob(str(log_dir / "events.out.tfevents.*")):
+        events = EventAccumulator(path)
+        events.Reload()
+        hparams.append(b"".join(events.PluginTagToContent("hparams").values()))
+    assert any(b"config/optimizer/init_args/lr" in content and b"test/rerr_pgd" in content for content in hparams)
     metrics = json.load(open(log_dir / "metrics.json"))
     for name in ("test/err", "test/loss", "test/rerr_pgd", "test/rloss_pgd", "test/rerr_pgd_train"):
         assert name in metrics

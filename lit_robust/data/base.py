@@ -63,6 +63,10 @@ class AdversarialDataModule(LightningDataModule):
         """The evaluation split."""
         return self._loader(self.eval_set, shuffle=False, batch_size=self.eval_batch_size)
 
+    def predict_dataloader(self) -> DataLoader:
+        """The evaluation split, for ``predict``."""
+        return self.test_dataloader()
+
     def train_eval_dataloader(self) -> DataLoader:
         """The first training examples without augmentation, for robustness and flatness on training data."""
         return self._loader(self.train_eval_set, shuffle=False, batch_size=self.eval_batch_size)

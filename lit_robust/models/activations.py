@@ -10,8 +10,9 @@ max_x f''(x); for LeakyReLU with slope k the "approximate curvature" |1 - k| (th
 slope at 0), and 1 for ReLU (k = 0).
 """
 
+import inspect
 import math
-from typing import Callable, Dict, Type, Union
+from typing import Callable, Dict, List, Type, Union
 
 import torch
 from torch import Tensor, nn
@@ -41,32 +42,37 @@ class LiSHT(nn.Module):
         return x * torch.tanh(x)
 
 
-def _relu(**kwargs) -> nn.Module:
-    return nn.ReLU(inplace=kwargs.get("inplace", False))
+def _relu(inplace: bool = False) -> nn.Module:
+    return nn.ReLU(inplace=inplace)
 
 
-def _leaky_relu(slope: float = 0.01, **kwargs) -> nn.Module:
+def _leaky_relu(slope: float = 0.01) -> nn.Module:
     return nn.LeakyReLU(negative_slope=slope)
 
 
-def _softplus(beta: float = 1.0, **kwargs) -> nn.Module:
+def _softplus(beta: float = 1.0) -> nn.Module:
     check(beta > 0, "beta", beta, "a number > 0")
     return nn.Softplus(beta=beta)
 
 
-def _elu(alpha: float = 1.0, **kwargs) -> nn.Module:
+def _elu(alpha: float = 1.0) -> nn.Module:
     check(alpha > 0, "alpha", alpha, "a number > 0")
     return nn.ELU(alpha=alpha)
 
 
+def _gelu(approximate: str = "none") -> nn.Module:
+    return nn.GELU(approximate=approximate)
+
+
+# each factory takes exactly the activation's parameters, so that a misspelt one is an error
 _FACTORIES: Dict[str, Callable[..., nn.Module]] = {
     "relu": _relu,
     "leaky_relu": _leaky_relu,
-    "silu": lambda **kw: nn.SiLU(),
-    "pswish": lambda beta=1.0, **kw: PSwish(beta),
-    "gelu": lambda **kw: nn.GELU(),
-    "mish": lambda **kw: nn.Mish(),
-    "lisht": lambda **kw: LiSHT(),
+    "silu": nn.SiLU,
+    "pswish": PSwish,
+    "gelu": _gelu,
+    "mish": nn.Mish,
+    "lisht": LiSHT,
     "softplus": _softplus,
     "elu": _elu,
 }
@@ -83,13 +89,28 @@ def get_activation(name_or_class: Union[str, Type[nn.Module]], **kwargs) -> nn.M
             constructor arguments.
     """
     if isinstance(name_or_class, type) and issubclass(name_or_class, nn.Module):
-        return name_or_class(**kwargs)
-    name = str(name_or_class).lower()
-    if name not in _FACTORIES:
+        factory, name = name_or_class, name_or_class.__name__
+    else:
+        name = str(name_or_class).lower()
+        if name not in _FACTORIES:
+            raise ConfigurationError(
+                f"activation={name_or_class!r} is not allowed: activation must be one of "
+                + ", ".join(ACTIVATIONS) + " (or an nn.Module class).")
+        factory = _FACTORIES[name]
+    parameters = parameter_names(factory)
+    unknown = sorted(set(kwargs) - set(parameters))
+    if unknown:
         raise ConfigurationError(
-            f"activation={name_or_class!r} is not allowed: activation must be one of "
-            + ", ".join(ACTIVATIONS) + " (or an nn.Module class).")
-    return _FACTORIES[name](**kwargs)
+            f"activation_kwargs={kwargs!r} is not allowed: {name} takes "
+            + (", ".join(parameters) if parameters else "no parameters") + f" (not {', '.join(unknown)}).")
+    return factory(**kwargs)
+
+
+def parameter_names(factory: Callable[..., nn.Module]) -> List[str]:
+    """The keyword arguments ``factory`` (a function or an ``nn.Module`` class) takes."""
+    signature = inspect.signature(factory)
+    return [name for name, parameter in signature.parameters.items()
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)]
 
 
 def max_curvature(activation: nn.Module, low: float = -10.0, high: float = 10.0, points: int = 20001) -> float:

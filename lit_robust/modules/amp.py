@@ -72,7 +72,6 @@ class AMP(BaseLossModule):
                 logits_at_theta = adversarial_logits
         # outer minimisation: the gradient at theta + Delta updates theta
         loss, _ = self.robust_loss(forward_at(self.model, names, theta, delta), x, x_adv, y)
-        loss = self.add_l1_penalty(loss)
         self.log_training(loss, logits_at_theta, y)
         return loss
 

@@ -69,7 +69,6 @@ class AWP(BaseLossModule):
         x_adv = self.train_attack(self.model, x, y)
         if self.current_epoch < h.warmup_epochs:  # warm-up: the base loss at w, no weight perturbation
             loss, adversarial_logits = self.robust_loss(self.model, x, x_adv, y)
-            loss = self.add_l1_penalty(loss)
             self.log_training(loss, adversarial_logits, y)
             return loss
         # inner maximisation over the weights (Eq. 12): one ascent step of size xi, normalised per layer
@@ -80,6 +79,5 @@ class AWP(BaseLossModule):
         nu = normalize_direction(gradient, weights, per="layer", scale=h.xi)
         # outer minimisation: the gradient of the base loss at w + nu updates w
         loss, _ = self.robust_loss(forward_at(self.model, names, weights, nu), x, x_adv, y)
-        loss = self.add_l1_penalty(loss)
         self.log_training(loss, adversarial_logits, y)
         return loss

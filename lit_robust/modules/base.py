@@ -26,10 +26,10 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from lit_robust.attacks import PGD, Norm
-from lit_robust.errors import check
+from lit_robust.attacks import PGD, Norm, check_step_size, check_threat_model, require_input_gradients
+from lit_robust.errors import check, check_choice
 from lit_robust.evaluation import AutoAttackVersion, autoattack_wrong, clean_and_robust, evaluate, loader, shard
-from lit_robust.sanity import check_gradient_masking
+from lit_robust.sanity import check_gradient_masking, check_input_range
 from lit_robust.weights import select_parameters
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,10 @@ class AdversarialModule(LightningModule):
         autoattack_version: AutoAttack version (``"standard"`` in the paper).
         train_epsilon: epsilon of the training attack when it differs from the evaluation epsilon
             (papers/001 Table D, "larger epsilon": train at 9/255, evaluate at 8/255).
-        l1_penalty: weight lambda of the L1 norm of the weights added to the training loss by
-            :meth:`add_l1_penalty` (papers/002 Table 4: 5e-6); 0 turns it off.
+        l1_penalty: weight lambda of the L1 norm of the weights added to the training objective (papers/002
+            Table 4: 5e-6), as its gradient after every backward pass (:meth:`on_after_backward`); 0 turns it off.
+        predict_adversarial: ``predict`` also gives the labels predicted on the test attack's adversarial
+            examples (``adversarial_labels``; needs labelled batches).
         compile: compile the network with ``torch.compile`` in :meth:`configure_model` (in place, so
             parameter names and checkpoints are unchanged); the attacks take their input gradients
             through the compiled network.
@@ -98,12 +100,22 @@ class AdversarialModule(LightningModule):
                  val_steps: int = 7, val_restarts: int = 5, test_steps: int = 20, test_restarts: int = 10,
                  test_on_train: bool = True, autoattack: bool = False,
                  autoattack_version: AutoAttackVersion = "standard", train_epsilon: Optional[float] = None,
-                 l1_penalty: float = 0.0, compile: bool = False) -> None:
+                 l1_penalty: float = 0.0, predict_adversarial: bool = False, compile: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
         check(isinstance(model, nn.Module), "model", type(model).__name__, "an nn.Module")
+        check(callable(optimizer) and not isinstance(optimizer, torch.optim.Optimizer), "optimizer",
+              type(optimizer).__name__, "a factory of the optimiser, called with the parameters (e.g. "
+              "functools.partial(torch.optim.SGD, lr=0.05)), not an optimiser built already")
+        check(lr_scheduler is None or (callable(lr_scheduler) and not hasattr(lr_scheduler, "step")), "lr_scheduler",
+              type(lr_scheduler).__name__, "a factory of the scheduler, called with the optimiser (e.g. "
+              "functools.partial(torch.optim.lr_scheduler.StepLR, step_size=30)), or null")
         check(l1_penalty >= 0, "l1_penalty", l1_penalty, "a number >= 0")
-        check(train_epsilon is None or train_epsilon > 0, "train_epsilon", train_epsilon, "a number > 0 or null")
+        check_choice(norm, "norm", ("linf", "l2"))
+        check_threat_model(epsilon, norm)
+        if train_epsilon is not None:
+            check_threat_model(train_epsilon, norm, "train_epsilon")
+        check_step_size(step_size, min(epsilon, train_epsilon or epsilon))
         for name, value in (("train_steps", train_steps), ("val_steps", val_steps), ("val_restarts", val_restarts),
                             ("test_steps", test_steps), ("test_restarts", test_restarts)):
             check(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
@@ -136,20 +148,34 @@ class AdversarialModule(LightningModule):
         return self.model(x)
 
     def log_training(self, loss: Tensor, adversarial_logits: Tensor, y: Tensor) -> None:
-        """Log ``train/loss`` (the objective), ``train/rloss`` and ``train/rerr`` on the training adversarial examples."""
+        """Log ``train/loss`` (the objective), ``train/rloss`` and ``train/rerr`` on the training adversarial examples:
+        the epoch's means under these names, each step's values as ``train_step/loss`` etc."""
         with torch.no_grad():
             rloss = F.cross_entropy(adversarial_logits.float(), y)
             rerr = (adversarial_logits.argmax(dim=1) != y).float().mean()
-        self.log_dict({"train/loss": loss.detach(), "train/rloss": rloss, "train/rerr": rerr},
-                      on_step=True, on_epoch=True, prog_bar=False)
+        values = {"loss": loss.detach(), "rloss": rloss, "rerr": rerr}
+        # the epoch's means under the plain names (train/loss), each step's values beside them (train_step/loss)
+        self.log_dict({f"train/{name}": value for name, value in values.items()}, on_step=False, on_epoch=True)
+        self.log_dict({f"train_step/{name}": value for name, value in values.items()}, on_step=True, on_epoch=False)
 
-    def add_l1_penalty(self, loss: Tensor) -> Tensor:
-        """``loss + l1_penalty * sum_l ||w_l||_1`` over the weights of convolutional and linear layers
-        (no biases, no batch normalisation), the L1 regularisation of papers/002 Table 4 (Rice et al.)."""
+    def on_after_backward(self) -> None:
+        """Add the gradient of ``l1_penalty * sum_l ||w_l||_1``, ``l1_penalty * sign(w)``, to the gradients of the
+        weights of convolutional and linear layers (no biases, no batch normalisation): the L1 regularisation
+        of papers/002 Table 4 (Rice et al.). Every backward pass, automatic or manual, ends here, so that the
+        penalty acts for every variant. The gradient is scaled as the loss was: by the mixed-precision loss
+        scale, and by 1 / accumulate_grad_batches under automatic optimisation."""
         if self.hparams.l1_penalty == 0:
-            return loss
-        l1 = sum(parameter.abs().sum() for _, parameter in select_parameters(self.model, "weights"))
-        return loss + self.hparams.l1_penalty * l1
+            return
+        scale = self.hparams.l1_penalty
+        if self.automatic_optimization:
+            scale /= self.trainer.accumulate_grad_batches
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None and scaler.is_enabled():
+            scale *= float(scaler.get_scale())
+        with torch.no_grad():
+            for _, weight in select_parameters(self.model, "weights"):
+                penalty = scale * weight.sign()
+                weight.grad = penalty if weight.grad is None else weight.grad.add_(penalty)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
@@ -169,9 +195,33 @@ class AdversarialModule(LightningModule):
             self.test_metrics["rerr_aa"].update(broken.float())
             self.log("test/rerr_aa", self.test_metrics["rerr_aa"], on_epoch=True)
 
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Tensor]:
+        """The predicted labels of a batch (``labels``), and with ``predict_adversarial`` those on the test
+        attack's adversarial examples (``adversarial_labels``)."""
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        with torch.no_grad():
+            predictions = {"labels": self.model(x).argmax(dim=1)}
+        if self.hparams.predict_adversarial:
+            check(isinstance(batch, (list, tuple)) and len(batch) > 1, "predict_adversarial", True,
+                  "false for unlabelled batches (the attack needs labels)")
+            x_adv = self.test_attack(self.model, x, batch[1])
+            with torch.no_grad():
+                predictions["adversarial_labels"] = self.model(x_adv).argmax(dim=1)
+        return predictions
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if batch_idx == 0:
+            check_input_range(batch[0])
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx == 0:
+            check_input_range(batch[0])
+
     def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0:
-            x, y = batch
+            x, y = batch[0], batch[1]
+            check_input_range(x)
+            require_input_gradients()
             check_gradient_masking(self.model, x, y)
 
     def on_test_epoch_end(self) -> None:
@@ -212,13 +262,34 @@ class AdversarialModule(LightningModule):
         """Stop at once on a non-finite training loss: before the backward pass, so that neither the
         weights nor any checkpoint (ModelCheckpoint saves in ``on_train_batch_end``) sees the step; the
         decision is combined across processes, so that all of them stop at the same step."""
-        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss.detach()).all()), all=True)
-        if not finite:
+        self.stop_unless_finite(bool(torch.isfinite(loss.detach()).all()), f"non-finite training loss "
+                                f"({float(loss.detach())})", "training stopped before this update")
+
+    def on_validation_epoch_end(self) -> None:
+        """Stop on a non-finite validation loss or non-finite weights, before a checkpoint callback saves
+        them (ModelCheckpoint saves in ``on_validation_end``)."""
+        if self.trainer.sanity_checking:
+            return
+        self.stop_unless_finite(self.weights_are_finite(), "non-finite weights", "training stopped")
+        if not self.val_metrics["loss"].update_count:  # a subclass validates its own way
+            return
+        loss = self.val_metrics["loss"].compute()
+        self.stop_unless_finite(bool(torch.isfinite(loss).all()), f"non-finite validation loss ({float(loss)})",
+                                "training stopped")
+
+    def weights_are_finite(self) -> bool:
+        """Whether every floating-point tensor of the module's state is finite."""
+        return all(bool(torch.isfinite(value).all()) for value in self.state_dict().values()
+                   if torch.is_floating_point(value))
+
+    def stop_unless_finite(self, finite: bool, what: str, consequence: str) -> None:
+        """Raise :class:`FloatingPointError` naming ``what``, the epoch, the step and the last good checkpoint
+        unless ``finite`` holds on every process."""
+        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
             last = self.last_checkpoint()
             raise FloatingPointError(
-                f"non-finite training loss ({float(loss.detach())}) at epoch {self.current_epoch}, global step "
-                f"{self.global_step}; training stopped before this update. Last good checkpoint (kept): "
-                f"{last or 'none was written yet'}.")
+                f"{what} at epoch {self.current_epoch}, global step {self.global_step}; {consequence}. Last good "
+                f"checkpoint (kept): {last or 'none was written yet'}.")
 
     def last_checkpoint(self) -> Optional[str]:
         """The checkpoint file the trainer's checkpoint callbacks wrote last, or ``None``."""
@@ -229,8 +300,16 @@ class AdversarialModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         """Keep the random number generators' states, so that a resumed run draws the same batches and
-        random starts as an uninterrupted one."""
+        random starts as an uninterrupted one; refuse to save non-finite weights."""
         checkpoint["random_states"] = random_states()
+        # no checkpoint with non-finite weights is ever written (nor named as the last good one)
+        finite = all(bool(torch.isfinite(value).all()) for value in checkpoint["state_dict"].values()
+                     if torch.is_floating_point(value))
+        if not finite:
+            raise FloatingPointError(
+                f"non-finite weights at epoch {self.current_epoch}, global step {self.global_step}; training "
+                f"stopped and no checkpoint written. Last good checkpoint (kept): "
+                f"{self.last_checkpoint() or 'none was written yet'}.")
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         """Restore the random number generators' states when a trainer resumes fitting from ``checkpoint``."""

@@ -82,6 +82,5 @@ class Consistency(AdversarialModule):
         logits_1, logits_2 = logits.chunk(self.train_views)
         h = self.hparams
         loss = F.cross_entropy(logits, y_views) + h.lam * jensen_shannon(logits_1, logits_2, h.temperature)
-        loss = self.add_l1_penalty(loss)
         self.log_training(loss, logits, y_views)
         return loss

@@ -154,6 +154,5 @@ class HAT(AdversarialModule):
         helper_logits = self.model(x_helper)
         loss = trades_loss(clean_logits, adversarial_logits, y, h.beta) + h.gamma * F.cross_entropy(helper_logits,
                                                                                                      y_helper)
-        loss = self.add_l1_penalty(loss)
         self.log_training(loss, adversarial_logits, y)
         return loss

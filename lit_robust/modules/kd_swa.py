@@ -121,6 +121,5 @@ class KDSWA(AdversarialModule):
         loss = ((1 - h.robust_weight - h.standard_weight) * F.cross_entropy(logits, y)
                 + h.robust_weight * distillation_loss(logits, robust_logits, h.temperature)
                 + h.standard_weight * distillation_loss(logits, standard_logits, h.temperature))
-        loss = self.add_l1_penalty(loss)
         self.log_training(loss, logits, y)
         return loss

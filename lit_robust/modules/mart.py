@@ -46,6 +46,6 @@ class MART(AdversarialModule):
         # outer minimisation (Eq. 15): BCE(f(x_adv), y) + lambda * KL(f(x) || f(x_adv)) * (1 - f_y(x))
         clean_logits = self.model(x)
         adversarial_logits = self.model(x_adv)
-        loss = self.add_l1_penalty(mart_loss(clean_logits, adversarial_logits, y, self.hparams.lam))
+        loss = mart_loss(clean_logits, adversarial_logits, y, self.hparams.lam)
         self.log_training(loss, adversarial_logits, y)
         return loss

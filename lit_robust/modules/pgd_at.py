@@ -59,7 +59,7 @@ class PGDAT(AdversarialModule):
             x_adv = torch.where((predicted == y).view(-1, 1, 1, 1), x_adv, x)
         # outer minimisation
         logits = self.model(x_adv)
-        loss = self.add_l1_penalty(self.outer_loss(logits, target))
+        loss = self.outer_loss(logits, target)
         self.log_training(loss, logits, y)
         return loss
 
@@ -75,14 +75,22 @@ class PGDAT(AdversarialModule):
         Returns:
             The mixed inputs, the soft targets (B, K) and, for ``train/rerr``, the label of larger weight.
         """
-        num_classes = getattr(getattr(self.trainer, "datamodule", None), "num_classes", None)
-        if num_classes is None:
-            raise RuntimeError("mixup needs the number of classes: train with a data module that has num_classes.")
+        num_classes = self.num_classes(x)
         alpha = self.hparams.mixup_alpha
         lam = float(torch.distributions.Beta(alpha, alpha).sample())
         perm = torch.randperm(len(y), device=y.device)
         target = lam * F.one_hot(y, num_classes).float() + (1 - lam) * F.one_hot(y[perm], num_classes).float()
         return lam * x + (1 - lam) * x[perm], target, y if lam >= 0.5 else y[perm]
+
+    def num_classes(self, x: Tensor) -> int:
+        """The number of classes: the data module's, else the network's (its ``num_classes``, else the width
+        of its output on one example, in eval mode, so that no batch-normalisation statistic changes)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        num_classes = getattr(datamodule, "num_classes", None) or getattr(self.model, "num_classes", None)
+        if num_classes is None:
+            with torch.no_grad(), restore_modes(self.model, False):
+                num_classes = self.model(x[:1]).shape[1]
+        return int(num_classes)
 
     def clean_prediction(self, x: Tensor) -> Tensor:
         """Predicted labels on clean inputs, in the attack's BN mode, without gradients."""

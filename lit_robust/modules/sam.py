@@ -98,7 +98,6 @@ class SAM(BaseLossModule):
                                          scaled=[h.adaptive and name.endswith("weight") for name in names], eta=h.eta)
         # outer minimisation: the gradient of the robust loss at w + epsilon updates w
         loss, _ = self.robust_loss(forward_at(self.model, names, weights, epsilon), x, x_adv, y)
-        loss = self.add_l1_penalty(loss)
         self.log_training(loss, adversarial_logits, y)
         return loss
 

@@ -28,7 +28,7 @@ class StandardTraining(AdversarialModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch
         logits = self.model(x)
-        loss = self.add_l1_penalty(F.cross_entropy(logits, y))
+        loss = F.cross_entropy(logits, y)
         with torch.no_grad():
             err = (logits.argmax(dim=1) != y).float().mean()
         self.log_dict({"train/loss": loss.detach(), "train/err": err}, on_step=True, on_epoch=True)

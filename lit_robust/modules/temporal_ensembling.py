@@ -146,7 +146,6 @@ class TemporalEnsembling(AdversarialModule):
         loss = F.cross_entropy(logits, y)
         if ensemble_targets is not None:
             loss = loss + weight * ensemble_penalty(logits, ensemble_targets).mean()
-        loss = self.add_l1_penalty(loss)
         self.log_training(loss, logits, y)
         self.log("train/te_weight", weight, on_step=False, on_epoch=True)
         return loss

@@ -47,6 +47,6 @@ class TRADES(AdversarialModule):
         # outer minimisation (Eq. 13): CE(f(x), y) + lambda * KL(f(x) || f(x_adv))
         clean_logits = self.model(x)
         adversarial_logits = self.model(x_adv)
-        loss = self.add_l1_penalty(trades_loss(clean_logits, adversarial_logits, y, self.hparams.lam))
+        loss = trades_loss(clean_logits, adversarial_logits, y, self.hparams.lam)
         self.log_training(loss, adversarial_logits, y)
         return loss
