@@ -10,7 +10,7 @@ on rank zero) with a sentence on what to do:
 - the outputs are random in evaluation mode (a randomised defence, or dropout left on).
 """
 
-from typing import List
+from typing import List, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +21,11 @@ from lit_robust.attacks import restore_modes
 from lit_robust.errors import check
 
 
-def check_input_range(x: Tensor) -> None:
+def check_input_range(x: Union[Tensor, Sequence[Tensor]]) -> None:
     """Raise :class:`~lit_robust.errors.ConfigurationError` unless the images ``x`` lie in [0, 1]: the attacks
     clamp to [0, 1], so normalised inputs would be silently clipped and epsilon would not be in pixel units."""
-    low, high = float(x.min()), float(x.max())
+    views = list(x) if isinstance(x, (list, tuple)) else [x]  # several augmented views of a batch
+    low, high = min(float(v.min()) for v in views), max(float(v.max()) for v in views)
     check(low >= 0 and high <= 1, "inputs", f"[{low:.4g}, {high:.4g}]",
           "images in [0, 1]: models take [0, 1] images and normalise them inside the model "
           "(lit_robust.models.Normalize as its first layer), not in the data transforms")

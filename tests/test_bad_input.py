@@ -92,7 +92,7 @@ TABLE = [
     ("xi", ["--config", AWP, "--model.init_args.xi", "-0.01"], None),
     ("average_xi", ["--config", AT, CALLBACK.format("callbacks.flatness_monitor.FlatnessMonitor"),
                     "--trainer.callbacks.average_xi", "-0.5"], None),
-    ("pseudo_labeled_path", ["--config", UNLABELED, "--data.init_args.pseudo_labeled_path", "{file}"],
+    ("pseudo_labeled_path", ["--config", AT, "--config", UNLABELED, "--data.init_args.pseudo_labeled_path", "{file}"],
      wrong_shape_pseudo_labels),
     ("ckpt_path", ["--config", AT, "--ckpt_path", "{file}"], other_model_checkpoint),
     ("ckpt_path", ["--config", AT, "--ckpt_path", "{file}"], not_a_checkpoint),

@@ -34,12 +34,17 @@ def test_every_variant_is_covered():
                                                   "RotationSelfSupervised", "AWP", "AMP"}
 
 
+# what a variant cannot be built without: networks it reads (teachers, a standard network)
+REQUIRED = {"KDSWA": dict(robust_teacher=SmallCNN(width=4), standard_teacher=SmallCNN(width=4)),
+            "HAT": dict(standard_model=SmallCNN(width=4))}
+
+
 def first_gradients(cls, l1_penalty, tmp_path):
     """The gradients and the weights of the network right after the first backward pass of one training step
     of ``cls`` on digits (after the module's own on_after_backward)."""
     torch.manual_seed(0)
     module = cls(SmallCNN(width=4), epsilon=0.1, step_size=0.025, train_steps=1, val_steps=1, val_restarts=1,
-                 l1_penalty=l1_penalty)
+                 l1_penalty=l1_penalty, **REQUIRED.get(cls.__name__, {}))
     data = DigitsDataModule(held_out_size=32, eval_size=32, train_eval_size=32, batch_size=32)
     if cls is modules.UnlabeledAT:
         data = PseudoLabeledDataModule(data, write_pseudo_labeled(tmp_path / "pseudo.npz"))

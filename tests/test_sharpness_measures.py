@@ -285,7 +285,7 @@ def test_measures_config_runs_every_measure_from_the_command_line(tmp_path):
 
     at = os.path.join(ROOT, "configs", "digits", "at.yaml")
     config = os.path.join(ROOT, "configs", "callbacks", "measures.yaml")
-    code = run_train(["test", "--config", at, "--config", config, "--trainer.limit_test_batches", "1",
+    code = run_train(["test", "--config", at, "--config", config, "--allow_untrained", "true", "--trainer.limit_test_batches", "1",
                       "--trainer.enable_progress_bar", "false", "--model.init_args.model.init_args.width", "2",
                       "--model.init_args.test_steps", "1", "--model.init_args.test_restarts", "1",
                       "--model.init_args.test_on_train", "false", "--trainer.callbacks.test_splits", "[eval]",

@@ -107,7 +107,8 @@ class AdversarialModule(LightningModule):
         check(callable(optimizer) and not isinstance(optimizer, torch.optim.Optimizer), "optimizer",
               type(optimizer).__name__, "a factory of the optimiser, called with the parameters (e.g. "
               "functools.partial(torch.optim.SGD, lr=0.05)), not an optimiser built already")
-        check(lr_scheduler is None or (callable(lr_scheduler) and not hasattr(lr_scheduler, "step")), "lr_scheduler",
+        check(lr_scheduler is None or (callable(lr_scheduler) and not isinstance(lr_scheduler, (torch.optim.lr_scheduler.LRScheduler,
+                                                                            torch.optim.lr_scheduler.ReduceLROnPlateau))), "lr_scheduler",
               type(lr_scheduler).__name__, "a factory of the scheduler, called with the optimiser (e.g. "
               "functools.partial(torch.optim.lr_scheduler.StepLR, step_size=30)), or null")
         check(l1_penalty >= 0, "l1_penalty", l1_penalty, "a number >= 0")
