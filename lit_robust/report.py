@@ -53,7 +53,12 @@ COLUMNS: List[Tuple[str, str]] = [
     ("Worst Loss", "flatness/worst_loss"),
     ("Avg RLoss", "flatness/avg_rloss"),
     ("Worst RLoss", "flatness/worst_rloss"),
+    ("Held-out RLoss min", "robust_overfitting/best_rloss"),
+    ("Min epoch", "robust_overfitting/best_epoch"),
+    ("Rise (held-out RLoss end - min)", "robust_overfitting/rise_absolute"),
 ]
+# metrics computed from others: the rise of the held-out RLoss after its minimum, in loss units
+DERIVED = {"robust_overfitting/rise_absolute": ("robust_overfitting/final_rloss", "robust_overfitting/best_rloss")}
 FLATNESS_PANELS = [("flatness/avg_rloss", "average-case flatness in RLoss"),
                    ("flatness/worst_rloss", "worst-case flatness in RLoss"),
                    ("flatness/avg_loss", "average-case flatness in (clean) Loss")]
@@ -69,6 +74,9 @@ class Run:
     curves: Dict[str, List[Tuple[int, float]]] = field(default_factory=dict)
 
     def get(self, key: str) -> float:
+        if key in DERIVED and key not in self.metrics:
+            final, best = (self.get(part) for part in DERIVED[key])
+            return final - best
         value = self.metrics.get(key)
         return float(value) if isinstance(value, (int, float)) else math.nan
 
@@ -115,15 +123,17 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1])
 
 
-def _format(value: float) -> str:
-    return "" if math.isnan(value) else f"{value:.3f}"
+def _format(value: float, key: str = "") -> str:
+    if math.isnan(value):
+        return ""
+    return f"{value:.0f}" if key.endswith("epoch") else f"{value:.3f}"
 
 
 def table_rows(runs: Sequence[Run]) -> List[List[str]]:
     """Header and one row per run, sorted by test RErr (runs without it last)."""
     ordered = sorted(runs, key=lambda r: (math.isnan(r.test_rerr), r.test_rerr))
     header = ["Method"] + [title for title, _ in COLUMNS]
-    return [header] + [[run.name] + [_format(run.get(key)) for _, key in COLUMNS] for run in ordered]
+    return [header] + [[run.name] + [_format(run.get(key), key) for _, key in COLUMNS] for run in ordered]
 
 
 def write_tables(runs: Sequence[Run], out: str) -> Tuple[str, str]:

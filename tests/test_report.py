@@ -89,3 +89,18 @@ def test_command_line(runs, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
     assert exit_.value.code == 2 and "no metrics.json" in capsys.readouterr().err
+
+
+def test_table_gives_the_rise_of_the_held_out_rloss_after_its_minimum(tmp_path):
+    from lit_robust.report import COLUMNS, load_run, table_rows
+
+    run = tmp_path / "at" / "version_0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"test/rerr_pgd": 0.4, "robust_overfitting/best_rloss": 0.9,
+                                                  "robust_overfitting/best_epoch": 52.0,
+                                                  "robust_overfitting/final_rloss": 1.25}))
+    header, row = table_rows([load_run(str(run))])
+    titles = [title for title, _ in COLUMNS]
+    assert row[1 + titles.index("Rise (held-out RLoss end - min)")] == "0.350"
+    assert row[1 + titles.index("Min epoch")] == "52"
+    assert row[1 + titles.index("Held-out RLoss min")] == "0.900"
