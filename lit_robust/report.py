@@ -136,18 +136,27 @@ def table_rows(runs: Sequence[Run]) -> List[List[str]]:
     return [header] + [[run.name] + [_format(run.get(key), key) for _, key in COLUMNS] for run in ordered]
 
 
-def write_tables(runs: Sequence[Run], out: str) -> Tuple[str, str]:
-    """``table.md`` and ``table.csv`` in ``out``."""
-    rows = table_rows(runs)
-    csv_path, md_path = os.path.join(out, "table.csv"), os.path.join(out, "table.md")
-    with open(csv_path, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    with open(md_path, "w") as f:
+def write_markdown(rows: Sequence[Sequence[str]], path: str) -> None:
+    """``rows`` (the first is the header) as a Markdown table in ``path``."""
+    with open(path, "w") as f:
         f.write("| " + " | ".join(rows[0]) + " |\n")
         f.write("|" + "---|" * len(rows[0]) + "\n")
         for row in rows[1:]:
             f.write("| " + " | ".join(row) + " |\n")
+
+
+def write_table(rows: Sequence[Sequence[str]], out: str, name: str) -> Tuple[str, str]:
+    """``rows`` as ``<name>.md`` and ``<name>.csv`` in ``out``."""
+    csv_path, md_path = os.path.join(out, f"{name}.csv"), os.path.join(out, f"{name}.md")
+    with open(csv_path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    write_markdown(rows, md_path)
     return md_path, csv_path
+
+
+def write_tables(runs: Sequence[Run], out: str) -> Tuple[str, str]:
+    """``table.md`` and ``table.csv`` in ``out``."""
+    return write_table(table_rows(runs), out, "table")
 
 
 SEED_SUFFIX = re.compile(r"_seed-?\d+$")
@@ -201,11 +210,7 @@ def write_method_tables(runs: Sequence[Run], out: str) -> Tuple[str, str]:
     statistics = method_statistics(runs)
     md_path, csv_path = os.path.join(out, "table_by_method.md"), os.path.join(out, "table_by_method.csv")
     rows = method_rows(runs)
-    with open(md_path, "w") as f:
-        f.write("| " + " | ".join(rows[0]) + " |\n")
-        f.write("|" + "---|" * len(rows[0]) + "\n")
-        for row in rows[1:]:
-            f.write("| " + " | ".join(row) + " |\n")
+    write_markdown(rows, md_path)
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["Method", "Seeds"] + [f"{title} {part}" for title, _ in COLUMNS for part in ("mean", "std")])
@@ -348,16 +353,7 @@ def measure_rows(runs: Sequence[Run]) -> List[List[str]]:
 
 def write_measure_tables(runs: Sequence[Run], out: str) -> Tuple[str, str]:
     """``measures.md`` and ``measures.csv`` in ``out``: how each measure correlates with robust generalisation."""
-    rows = measure_rows(runs)
-    csv_path, md_path = os.path.join(out, "measures.csv"), os.path.join(out, "measures.md")
-    with open(csv_path, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    with open(md_path, "w") as f:
-        f.write("| " + " | ".join(rows[0]) + " |\n")
-        f.write("|" + "---|" * len(rows[0]) + "\n")
-        for row in rows[1:]:
-            f.write("| " + " | ".join(row) + " |\n")
-    return md_path, csv_path
+    return write_table(measure_rows(runs), out, "measures")
 
 
 def make_report(run_dirs: Sequence[str], out: str) -> Dict[str, object]:
