@@ -12,6 +12,13 @@ DIGITS_MEAN = (0.3062,)
 DIGITS_STD = (0.3779,)
 
 
+def conv_block(in_channels: int, out_channels: int, activation: Union[str, Type[nn.Module]],
+               activation_kwargs: dict) -> nn.Sequential:
+    """3x3 convolution (no bias) + batch normalisation + activation, the block of the small digits networks."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+                         get_activation(activation, **activation_kwargs))
+
+
 class SmallCNN(nn.Module):
     """Three 3x3 conv + batch-norm + activation blocks, one 2x2 max-pool, global average pooling.
 
@@ -39,8 +46,7 @@ class SmallCNN(nn.Module):
         get_activation(activation, **kwargs)  # fail early on a bad name, before any layer exists
 
         def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                                 get_activation(activation, **kwargs))
+            return conv_block(cin, cout, activation, kwargs)
 
         self.normalize = Normalize(mean, std)
         self.features = nn.Sequential(

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from lit_robust.errors import check
 from lit_robust.models.activations import get_activation
 from lit_robust.models.normalize import Normalize
-from lit_robust.models.small_cnn import DIGITS_MEAN, DIGITS_STD
+from lit_robust.models.small_cnn import DIGITS_MEAN, DIGITS_STD, conv_block
 
 
 class SmallCNNFC(nn.Module):
@@ -47,8 +47,7 @@ class SmallCNNFC(nn.Module):
         get_activation(activation, **kwargs)  # fail early on a bad name, before any layer exists
 
         def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                                 get_activation(activation, **kwargs))
+            return conv_block(cin, cout, activation, kwargs)
 
         self.normalize = Normalize(mean, std)
         flat = 2 * width * (image_size // 2) ** 2
