@@ -50,7 +50,7 @@ class RobustOverfitting(Callback):
 
     def _record_train_rloss(self, trainer: "pl.Trainer") -> None:
         # the epoch mean of train/rloss reaches callback_metrics after on_train_epoch_end: read it one hook later
-        value = trainer.callback_metrics.get("train/rloss_epoch")
+        value = trainer.callback_metrics.get("train/rloss")
         if self._pending_train_epoch is not None and value is not None:
             self.train_rloss[self._pending_train_epoch] = float(value)
         self._pending_train_epoch = None
@@ -145,7 +145,7 @@ class RobustOverfitting(Callback):
             experiment = logger.experiment
             experiment.add_figure("robust_overfitting/rloss", figure, global_step=trainer.global_step, close=True)
             experiment.add_custom_scalars({"robust overfitting": {
-                "RLoss (held-out and training)": ["Multiline", ["val/rloss", "train/rloss_epoch"]]}})
+                "RLoss (held-out and training)": ["Multiline", ["val/rloss", "train/rloss"]]}})
             experiment.flush()
 
     @override

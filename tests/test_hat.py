@@ -12,7 +12,7 @@ from pytorch_lightning import Trainer
 from lit_robust.errors import ConfigurationError
 from lit_robust.models import SmallCNN
 from lit_robust.modules import HAT, StandardTraining
-from tests.test_variants import step_and_attack
+from tests.helpers import step_and_attack
 
 BETA, GAMMA, H = 3.0, 0.7, 2.0
 

@@ -15,9 +15,17 @@ from torch.func import functional_call
 
 from callbacks.landscape_monitor import LandscapeMonitor
 from lit_robust.attacks import PGD
-from lit_robust.landscape import (Landscape, adversarial_directions, hessian_max_eigenvalue,
-                                  input_hessian_max_eigenvalue, landscape_1d, landscape_2d, plot_landscapes,
-                                  plot_surface, random_directions)
+from lit_robust.landscape import (
+    Landscape,
+    adversarial_directions,
+    hessian_max_eigenvalue,
+    input_hessian_max_eigenvalue,
+    landscape_1d,
+    landscape_2d,
+    plot_landscapes,
+    plot_surface,
+    random_directions,
+)
 from lit_robust.models import SmallCNN
 from lit_robust.modules import PGDAT
 from lit_robust.weights import names_and_weights

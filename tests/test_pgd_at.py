@@ -39,7 +39,7 @@ def test_training_step_is_adversarial_cross_entropy(digits):
     module.train_attack.run = lambda *a, **k: calls.append(1) or original(*a, **k)
     module.log_dict = lambda *a, **k: None
     torch.manual_seed(1)
-    loss = module.training_step((x, y), 0)
+    loss = module.training_step((x, y), 0)["loss"]
     assert calls == [1]
     torch.manual_seed(1)
     x_adv = PGD(0.1, 0.025, 3, keep_best=False)(module.model, x, y)
@@ -94,13 +94,13 @@ def test_label_smoothing_only_in_weight_update(digits):
     original = module.train_attack.run
     module.train_attack.run = lambda m, x_, y_, **k: targets.setdefault("y", y_) is None or original(m, x_, y_, **k)
     torch.manual_seed(0)
-    loss = module.training_step((x, y), 0)
+    loss = module.training_step((x, y), 0)["loss"]
     assert torch.equal(targets["y"], y)  # PGD uses the true labels
     torch.manual_seed(0)
     plain = _module(label_smoothing=0.0)
     plain.model.load_state_dict(module.model.state_dict())
     plain.log_dict = lambda *a, **k: None
-    assert not torch.isclose(loss, plain.training_step((x, y), 0))
+    assert not torch.isclose(loss, plain.training_step((x, y), 0)["loss"])
 
 
 @pytest.mark.parametrize("kwargs, setting", [

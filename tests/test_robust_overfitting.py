@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from callbacks import RobustOverfitting
 from lit_robust.errors import ConfigurationError
 from lit_robust.modules import PGDAT
-from tests.test_weight_averaging import tiny_pgdat, tiny_trainer
+from tests.helpers import tiny_pgdat, tiny_trainer
 
 SCRIPT = [2.0, 1.2, 0.8, 0.9, 1.0, 1.1]  # held-out RLoss per epoch: minimum at epoch 2, then +37.5%
 
@@ -32,7 +32,7 @@ def test_summary_drops_test_metrics_and_chart(digits, tmp_path):
 
     assert overfitting.val_rloss == pytest.approx(dict(enumerate(SCRIPT)))
     assert sorted(overfitting.train_rloss) == list(range(6))
-    assert overfitting.train_rloss[5] == pytest.approx(trainer.callback_metrics["train/rloss_epoch"].item())
+    assert overfitting.train_rloss[5] == pytest.approx(trainer.callback_metrics["train/rloss"].item())
     assert overfitting.lr_drops() == [2, 4]
     expected = {"best_epoch": 2.0, "best_rloss": 0.8, "final_rloss": 1.1, "rise": 1.1 / 0.8 - 1,
                 "train_rloss": overfitting.train_rloss[5]}

@@ -2,7 +2,6 @@
 relative flatness against exact Hessians, PAC-Bayes sigma' under sharpening, the model left as it was,
 bad settings, the monitor's names, and one process against two (DDP, gloo)."""
 
-import functools
 import math
 import os
 

@@ -125,7 +125,7 @@ def test_debug_launcher_seeds_failure_report_and_resume(tmp_path, caplog):
         config = (out / name / "version_0" / "config.yaml").read_text()
         assert f"seed_everything: {name[-1]}" in config
     broken_log = out / "broken_seed3.log"
-    assert f"broken_seed3: FAILED" in caplog.text and str(broken_log) in caplog.text
+    assert "broken_seed3: FAILED" in caplog.text and str(broken_log) in caplog.text
     assert "error:" in broken_log.read_text() and "max_epochs" in broken_log.read_text()
     assert not (out / "broken_seed3" / "version_0" / "metrics.json").exists()
     # a run that comes after a failed one is not started, and is reported

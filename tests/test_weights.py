@@ -6,8 +6,15 @@ from torch import nn
 
 from lit_robust.errors import ConfigurationError
 from lit_robust.models import SmallCNN
-from lit_robust.weights import (Neighbourhood, gaussian_direction, layer_norms, names_and_weights,
-                                normalize_direction, perturbed, select_parameters)
+from lit_robust.weights import (
+    Neighbourhood,
+    gaussian_direction,
+    layer_norms,
+    names_and_weights,
+    normalize_direction,
+    perturbed,
+    select_parameters,
+)
 
 
 def network() -> nn.Module:

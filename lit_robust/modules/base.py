@@ -8,14 +8,18 @@ worst case per example, on the evaluation split (``test/err``, ``test/loss``, ``
 official AutoAttack (``test/rerr_aa``). At the end of a test the test metrics, and whatever
 callbacks logged on test (flatness), are written to ``metrics.json`` in the run's log directory.
 
-Variants override :meth:`training_step` with their own inner maximisation and outer loss.
+Variants override :meth:`training_step` with their own inner maximisation and outer loss and return
+:func:`step_output` (the loss, the adversarial logits and the labels); what every variant shares acts
+by construction in the base class's hooks: the training metrics (:meth:`~AdversarialModule.log_training`
+from ``on_train_batch_end``), the L1 penalty (``on_after_backward``) and the stop on a non-finite loss
+(``on_before_backward``).
 """
 
 import json
 import logging
 import os
 import random
-from typing import Any, Dict, Literal, Optional
+from typing import Any, Dict, Literal, Mapping, Optional
 
 import numpy as np
 import torch
@@ -56,6 +60,13 @@ def set_random_states(states: Dict[str, Any]) -> None:
                          numpy["cached_gaussian"]))
     if "torch.cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["torch.cuda"])
+
+
+def step_output(loss: Tensor, adversarial_logits: Tensor, y: Tensor) -> Dict[str, Tensor]:
+    """What every variant's ``training_step`` returns: the objective ``loss`` (Lightning minimises it) and,
+    for the training metrics that :meth:`AdversarialModule.log_training` logs, the ``adversarial_logits`` of
+    the training adversarial examples and their labels ``y``."""
+    return {"loss": loss, "adversarial_logits": adversarial_logits, "y": y}
 
 
 def paper_sgd(params) -> torch.optim.Optimizer:
@@ -147,13 +158,35 @@ class AdversarialModule(LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
-    def log_training(self, loss: Tensor, adversarial_logits: Tensor, y: Tensor) -> None:
-        """Log ``train/loss`` (the objective), ``train/rloss`` and ``train/rerr`` on the training adversarial examples:
-        the epoch's means under these names, each step's values as ``train_step/loss`` etc."""
+    def on_train_batch_end(self, outputs: Optional[Mapping[str, Any]], batch: Any, batch_idx: int) -> None:
+        """Log the training metrics from what :meth:`training_step` returned (see :meth:`log_training`): one
+        place for every variant, so that no variant has to remember it."""
+        if outputs is not None:
+            self.log_training(outputs)
+
+    def log_training(self, outputs: Mapping[str, Any]) -> None:
+        """Log ``train/loss`` (the objective), ``train/rloss`` and ``train/rerr`` on the training adversarial
+        examples: the epoch's means under these names, each step's values as ``train_step/loss`` etc.
+
+        Args:
+            outputs: what :meth:`training_step` returned, a :func:`step_output` dictionary: ``loss`` (the
+                objective), ``adversarial_logits`` (the logits of the training adversarial examples) and ``y``
+                (their labels). Under automatic optimisation Lightning hands ``loss`` on divided by
+                ``accumulate_grad_batches``; the objective itself is logged.
+        """
+        missing = {"loss", "adversarial_logits", "y"} - set(outputs)
+        if missing:
+            raise TypeError(f"{type(self).__name__}.training_step must return step_output(loss, adversarial_logits, "
+                            f"y) (a dictionary with loss, adversarial_logits and y); {sorted(missing)} missing")
+        loss = outputs["loss"].detach()
+        accumulated = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        if self.automatic_optimization and accumulated > 1:
+            loss = loss * accumulated
+        adversarial_logits, y = outputs["adversarial_logits"].detach(), outputs["y"]
         with torch.no_grad():
             rloss = F.cross_entropy(adversarial_logits.float(), y)
             rerr = (adversarial_logits.argmax(dim=1) != y).float().mean()
-        values = {"loss": loss.detach(), "rloss": rloss, "rerr": rerr}
+        values = {"loss": loss, "rloss": rloss, "rerr": rerr}
         # the epoch's means under the plain names (train/loss), each step's values beside them (train_step/loss)
         self.log_dict({f"train/{name}": value for name, value in values.items()}, on_step=False, on_epoch=True)
         self.log_dict({f"train_step/{name}": value for name, value in values.items()}, on_step=True, on_epoch=False)
@@ -211,7 +244,8 @@ class AdversarialModule(LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if batch_idx == 0:
-            check_input_range(batch[0])
+            for x in batch[0] if isinstance(batch[0], (list, tuple)) else [batch[0]]:  # one or several views
+                check_input_range(x)
 
     def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from lit_robust.attacks import PGD
 from lit_robust.errors import ConfigurationError, check
 from lit_robust.losses import trades_loss
-from lit_robust.modules.base import AdversarialModule
+from lit_robust.modules.base import AdversarialModule, step_output
 from lit_robust.modules.objectives import base_attack
 
 
@@ -141,7 +141,7 @@ class HAT(AdversarialModule):
         if stage == "fit":
             self.standard_network()  # a bad checkpoint fails before training starts
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         h = self.hparams
         # inner maximisation: TRADES' adversarial example, the helper example and its label
@@ -154,5 +154,4 @@ class HAT(AdversarialModule):
         helper_logits = self.model(x_helper)
         loss = trades_loss(clean_logits, adversarial_logits, y, h.beta) + h.gamma * F.cross_entropy(helper_logits,
                                                                                                      y_helper)
-        self.log_training(loss, adversarial_logits, y)
-        return loss
+        return step_output(loss, adversarial_logits, y)

@@ -1,13 +1,13 @@
 """MART, misclassification-aware adversarial training (Wang et al. 2020; papers/001 Eq. 14-15)."""
 
-from typing import Any
+from typing import Any, Dict
 
 from torch import Tensor
 
 from lit_robust.attacks import PGD
 from lit_robust.errors import check
 from lit_robust.losses import mart_loss
-from lit_robust.modules.base import AdversarialModule
+from lit_robust.modules.base import AdversarialModule, step_output
 from lit_robust.modules.objectives import base_attack
 
 
@@ -39,7 +39,7 @@ class MART(AdversarialModule):
         h = self.hparams
         return base_attack("mart", self.training_epsilon, h.step_size, h.train_steps, h.norm)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         # inner maximisation: max_delta CE(f(x + delta), y)
         x_adv = self.train_attack(self.model, x, y)
@@ -47,5 +47,4 @@ class MART(AdversarialModule):
         clean_logits = self.model(x)
         adversarial_logits = self.model(x_adv)
         loss = mart_loss(clean_logits, adversarial_logits, y, self.hparams.lam)
-        self.log_training(loss, adversarial_logits, y)
-        return loss
+        return step_output(loss, adversarial_logits, y)

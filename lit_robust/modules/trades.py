@@ -1,13 +1,13 @@
 """TRADES (Zhang et al. 2019; papers/001 Eq. 13)."""
 
-from typing import Any
+from typing import Any, Dict
 
 from torch import Tensor
 
 from lit_robust.attacks import PGD
 from lit_robust.errors import check
 from lit_robust.losses import trades_loss
-from lit_robust.modules.base import AdversarialModule
+from lit_robust.modules.base import AdversarialModule, step_output
 from lit_robust.modules.objectives import base_attack
 
 
@@ -40,7 +40,7 @@ class TRADES(AdversarialModule):
         h = self.hparams
         return base_attack("trades", self.training_epsilon, h.step_size, h.train_steps, h.norm)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         # inner maximisation: max_delta KL(f(x) || f(x + delta))
         x_adv = self.train_attack(self.model, x, y)
@@ -48,5 +48,4 @@ class TRADES(AdversarialModule):
         clean_logits = self.model(x)
         adversarial_logits = self.model(x_adv)
         loss = trades_loss(clean_logits, adversarial_logits, y, self.hparams.lam)
-        self.log_training(loss, adversarial_logits, y)
-        return loss
+        return step_output(loss, adversarial_logits, y)
