@@ -12,9 +12,9 @@ import zipfile
 from typing import Any, Dict, Optional
 
 import torch
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from jsonargparse import Namespace
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn

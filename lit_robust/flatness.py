@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from lit_robust.attacks import PGD, Norm, per_example_loss, restore_modes
+from lit_robust.attacks import PAPER_EPSILON, PAPER_STEP_SIZE, PGD, Norm, per_example_loss, restore_modes
 from lit_robust.errors import check, check_choice
 from lit_robust.weights import Neighbourhood, Selection, names_and_weights, normalize_direction, perturbed
 
@@ -250,7 +250,7 @@ class FlatnessMeasures:
         which: tensors that make up B_xi(w), see :func:`~lit_robust.weights.select_parameters`.
     """
 
-    def __init__(self, epsilon: float = 8 / 255, step_size: float = 0.007, norm: Norm = "linf",
+    def __init__(self, epsilon: float = PAPER_EPSILON, step_size: float = PAPER_STEP_SIZE, norm: Norm = "linf",
                  random_start: bool = True, reference_steps: int = 20, reference_restarts: int = 10,
                  average_xi: float = 0.5, samples: int = 10, average_steps: int = 20, average_restarts: int = 1,
                  worst_xi: float = 0.003, worst_iterations: int = 20, worst_restarts: int = 10,
@@ -368,7 +368,7 @@ class FlatnessMeasures:
 
 
 def average_case_flatness(model: nn.Module, loader: Iterable, xi: float = 0.5, samples: int = 10,
-                          loss: LossKind = "rloss", epsilon: float = 8 / 255, step_size: float = 0.007,
+                          loss: LossKind = "rloss", epsilon: float = PAPER_EPSILON, step_size: float = PAPER_STEP_SIZE,
                           steps: int = 20, restarts: int = 1, reference_steps: int = 20, reference_restarts: int = 10,
                           norm: Norm = "linf", random_start: bool = True, max_examples: Optional[int] = 1000,
                           parallel: int = 10, which: Selection = "all", reduce: Optional[Reduce] = None,
@@ -409,8 +409,8 @@ def average_case_flatness(model: nn.Module, loader: Iterable, xi: float = 0.5, s
 
 
 def worst_case_flatness(model: nn.Module, loader: Iterable, xi: float = 0.003, iterations: int = 20,
-                        restarts: int = 10, lr: float = 0.001, loss: LossKind = "rloss", epsilon: float = 8 / 255,
-                        step_size: float = 0.007, reference_steps: int = 20, reference_restarts: int = 10,
+                        restarts: int = 10, lr: float = 0.001, loss: LossKind = "rloss", epsilon: float = PAPER_EPSILON,
+                        step_size: float = PAPER_STEP_SIZE, reference_steps: int = 20, reference_restarts: int = 10,
                         norm: Norm = "linf", random_start: bool = True, max_examples: Optional[int] = 1000,
                         parallel: int = 10, which: Selection = "all", reduce: Optional[Reduce] = None,
                         generator: Optional[torch.Generator] = None) -> FlatnessResult:

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_robust.attacks import FGSM, ThreatModel, threat_model_of
+from lit_robust.errors import ConfigurationError
 from lit_robust.modules import PGDAT, StandardTraining
 from tests.helpers import VARIANT_ARGUMENTS, VARIANT_DATA, VARIANTS, trainer, variant
 
@@ -83,3 +85,22 @@ def test_nonfinite_training_loss_stops_every_variant(cls, tmp_path):
         next(p for name, p in module.model.named_parameters() if name.endswith("weight")).fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="non-finite training loss .* at epoch 0, global step 0"):
         trainer(tmp_path, limit_train_batches=1).fit(module, datamodule=data)
+
+
+@pytest.mark.parametrize("cls", VARIANTS, ids=lambda cls: cls.__name__)
+def test_every_attack_of_every_variant_reads_the_threat_model(cls, tmp_path):
+    module, _ = variant(cls, tmp_path, epsilon=0.1, step_size=0.03, train_epsilon=0.12)
+    assert module.threat_model == ThreatModel(0.1, 0.03, "linf")
+    assert module.train_threat_model == ThreatModel(0.12, 0.03, "linf")
+    for attack in (module.val_attack, module.test_attack):
+        assert (attack.epsilon, attack.step_size, attack.norm) == (0.1, 0.03, "linf")
+    if module.train_attack is not None:  # StandardTraining has none
+        assert module.train_attack.epsilon == 0.12
+        if not isinstance(module.train_attack, FGSM):  # FGSM's step is step_factor * epsilon
+            assert (module.train_attack.step_size, module.train_attack.steps) == (0.03, 1)
+
+
+def test_a_module_without_threat_model_is_refused_by_name():
+    with pytest.raises(ConfigurationError, match="^model='Linear' is not allowed: .*threat_model.*FlatnessMonitor"):
+        threat_model_of(nn.Linear(2, 2), "FlatnessMonitor")
+    assert threat_model_of(PGDAT(nn.Linear(2, 2), epsilon=0.2, step_size=0.1), "X") == ThreatModel(0.2, 0.1)

@@ -15,6 +15,7 @@ from ``on_train_batch_end``), the L1 penalty (``on_after_backward``) and the sto
 (``on_before_backward``).
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,7 +31,16 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from lit_robust.attacks import PGD, Norm, check_step_size, check_threat_model, require_input_gradients
+from lit_robust.attacks import (
+    PAPER_EPSILON,
+    PAPER_STEP_SIZE,
+    PGD,
+    Norm,
+    ThreatModel,
+    check_step_size,
+    check_threat_model,
+    require_input_gradients,
+)
 from lit_robust.errors import check, check_choice
 from lit_robust.evaluation import AutoAttackVersion, autoattack_wrong, clean_and_robust, evaluate, loader, shard
 from lit_robust.sanity import check_gradient_masking, check_input_range
@@ -107,7 +117,8 @@ class AdversarialModule(LightningModule):
     def __init__(self, model: nn.Module, optimizer: OptimizerCallable = paper_sgd,
                  lr_scheduler: Optional[LRSchedulerCallable] = None,
                  lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
-                 epsilon: float = 8 / 255, step_size: float = 0.007, norm: Norm = "linf", train_steps: int = 7,
+                 epsilon: float = PAPER_EPSILON, step_size: float = PAPER_STEP_SIZE, norm: Norm = "linf",
+                 train_steps: int = 7,
                  val_steps: int = 7, val_restarts: int = 5, test_steps: int = 20, test_restarts: int = 10,
                  test_on_train: bool = True, autoattack: bool = False,
                  autoattack_version: AutoAttackVersion = "standard", train_epsilon: Optional[float] = None,
@@ -134,8 +145,8 @@ class AdversarialModule(LightningModule):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.train_attack = self.make_train_attack()
-        self.val_attack = PGD(epsilon, step_size, val_steps, restarts=val_restarts, norm=norm)
-        self.test_attack = PGD(epsilon, step_size, test_steps, restarts=test_restarts, norm=norm)
+        self.val_attack = PGD(**self.attack_arguments(self.threat_model, val_steps), restarts=val_restarts)
+        self.test_attack = PGD(**self.attack_arguments(self.threat_model, test_steps), restarts=test_restarts)
         self.val_metrics = nn.ModuleDict({name: MeanMetric() for name in ("err", "loss", "rerr", "rloss")})
         self.test_metrics = nn.ModuleDict({name: MeanMetric() for name in ("err", "loss", "rerr_pgd", "rloss_pgd",
                                                                            "rerr_aa")})
@@ -146,14 +157,35 @@ class AdversarialModule(LightningModule):
             self.model.compile()
 
     @property
+    def threat_model(self) -> ThreatModel:
+        """The threat model of evaluation (``epsilon``, ``step_size``, ``norm``): the validation and test attacks',
+        AutoAttack's and that of every callback that attacks."""
+        h = self.hparams
+        return ThreatModel(h.epsilon, h.step_size, h.norm)
+
+    @property
     def training_epsilon(self) -> float:
         """Epsilon of the training attack: ``train_epsilon`` where given, else ``epsilon``."""
         return self.hparams.train_epsilon or self.hparams.epsilon
 
+    @property
+    def train_threat_model(self) -> ThreatModel:
+        """The threat model of the training attack: :attr:`threat_model` with :attr:`training_epsilon`."""
+        return dataclasses.replace(self.threat_model, epsilon=self.training_epsilon)
+
+    @staticmethod
+    def attack_arguments(threat_model: ThreatModel, steps: int) -> Dict[str, Any]:
+        """The arguments every PGD of a module shares: the threat model's and the number of iterations."""
+        return dict(epsilon=threat_model.epsilon, step_size=threat_model.step_size, steps=steps,
+                    norm=threat_model.norm)
+
+    def train_attack_arguments(self) -> Dict[str, Any]:
+        """The arguments of every training PGD: :attr:`train_threat_model` and ``train_steps`` iterations."""
+        return self.attack_arguments(self.train_threat_model, self.hparams.train_steps)
+
     def make_train_attack(self) -> PGD:
         """The training attack: PGD on cross-entropy, last iterate (Madry et al.); variants override."""
-        h = self.hparams
-        return PGD(self.training_epsilon, h.step_size, h.train_steps, norm=h.norm, keep_best=False)
+        return PGD(**self.train_attack_arguments(), keep_best=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -223,7 +255,7 @@ class AdversarialModule(LightningModule):
             self.test_metrics[key].update(values[name])
             self.log(f"test/{key}", self.test_metrics[key], on_epoch=True)
         if self.hparams.autoattack:
-            broken = autoattack_wrong(self.model, x, y, self.hparams.epsilon, self.hparams.norm,
+            broken = autoattack_wrong(self.model, x, y, self.threat_model.epsilon, self.threat_model.norm,
                                       self.hparams.autoattack_version)
             self.test_metrics["rerr_aa"].update(broken.float())
             self.log("test/rerr_aa", self.test_metrics["rerr_aa"], on_epoch=True)

@@ -33,8 +33,7 @@ class FriendlyAT(AdversarialModule):
 
     def make_train_attack(self) -> FriendlyPGD:
         """Early-stopped PGD-K-tau from x, last iterate, eval mode."""
-        h = self.hparams
-        return FriendlyPGD(self.training_epsilon, h.step_size, h.train_steps, tau=h.tau, norm=h.norm)
+        return FriendlyPGD(**self.train_attack_arguments(), tau=self.hparams.tau)
 
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch

@@ -89,8 +89,7 @@ class TemporalEnsembling(AdversarialModule):
 
     def make_train_attack(self) -> TemporalEnsemblePGD:
         """PGD-K from a uniform start, last iterate, on CE plus the ensemble term."""
-        h = self.hparams
-        return TemporalEnsemblePGD(self.training_epsilon, h.step_size, h.train_steps, norm=h.norm, keep_best=False)
+        return TemporalEnsemblePGD(**self.train_attack_arguments(), keep_best=False)
 
     def ensemble_weight(self, epoch: int) -> float:
         """w(t) of the ramp-up at the 0-based ``epoch``."""
