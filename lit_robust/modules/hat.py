@@ -118,8 +118,7 @@ class HAT(AdversarialModule):
 
     def make_train_attack(self) -> PGD:
         """TRADES' attack: PGD on KL(f(x) || f(x + delta)) from 0.001 * N(0, 1), last iterate, eval mode."""
-        h = self.hparams
-        return base_attack("trades", self.training_epsilon, h.step_size, h.train_steps, h.norm)
+        return base_attack("trades", **self.train_attack_arguments())
 
     def standard_network(self) -> FrozenNetwork:
         """f_std, loaded from ``standard_checkpoint`` on first use."""
