@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from pytorch_lightning import Trainer
 from torch import nn
 
+from callbacks import MetricsFile
 from lit_robust.attacks import PGD
 from lit_robust.errors import ConfigurationError
 from lit_robust.models import SmallCNN
@@ -148,7 +149,7 @@ def test_users_own_module_and_plain_trainer(tmp_path, digits):
     torch.manual_seed(0)
     module = PGDAT(Mine(), epsilon=0.1, step_size=0.025, train_steps=3, val_steps=3, val_restarts=1,
                    test_steps=5, test_restarts=2, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
-    trainer = _trainer(tmp_path, max_epochs=4)
+    trainer = _trainer(tmp_path, max_epochs=4, callbacks=[MetricsFile()])
     trainer.fit(module, datamodule=digits)
     result = trainer.test(module, datamodule=digits, verbose=False)[0]
     assert result["test/rerr_pgd"] < 0.6  # chance is 0.9

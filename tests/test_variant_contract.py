@@ -1,11 +1,14 @@
 """What every variant shares acts for every variant exported by lit_robust.modules, by construction: the
 L1 penalty, the training metrics and the stop on a non-finite training loss."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from callbacks import MetricsFile
 from lit_robust.attacks import FGSM, ThreatModel, threat_model_of
 from lit_robust.errors import ConfigurationError
 from lit_robust.modules import PGDAT, StandardTraining
@@ -104,3 +107,16 @@ def test_a_module_without_threat_model_is_refused_by_name():
     with pytest.raises(ConfigurationError, match="^model='Linear' is not allowed: .*threat_model.*FlatnessMonitor"):
         threat_model_of(nn.Linear(2, 2), "FlatnessMonitor")
     assert threat_model_of(PGDAT(nn.Linear(2, 2), epsilon=0.2, step_size=0.1), "X") == ThreatModel(0.2, 0.1)
+
+
+def test_metrics_json_only_with_the_metrics_file_callback(digits, tmp_path):
+    """A trainer built by hand writes no metrics.json; with MetricsFile (which train.py adds) the test metrics,
+    the epoch and the global step."""
+    module, _ = variant(PGDAT, tmp_path, test_steps=1, test_restarts=1, test_on_train=False)
+    trainer(tmp_path / "plain", limit_test_batches=1).test(module, datamodule=digits, verbose=False)
+    assert not list(tmp_path.rglob("metrics.json"))
+    run = trainer(tmp_path / "file", limit_test_batches=1, callbacks=[MetricsFile()])
+    result = run.test(module, datamodule=digits, verbose=False)[0]
+    metrics = json.loads((tmp_path / "file" / "metrics.json").read_text())
+    assert metrics["test/rerr_pgd"] == pytest.approx(result["test/rerr_pgd"])
+    assert (metrics["epoch"], metrics["global_step"], metrics["ckpt_path"]) == (0, 0, None)

@@ -5,8 +5,9 @@ test as the paper's protocol (papers/001 Sec. F): validation = clean + PGD on th
 (``val/err``, ``val/loss``, ``val/rerr``, ``val/rloss``); test = clean + PGD-20 with 10 restarts,
 worst case per example, on the evaluation split (``test/err``, ``test/loss``, ``test/rerr_pgd``,
 ``test/rloss_pgd``), the same on the train-eval split (suffix ``_train``), and optionally the
-official AutoAttack (``test/rerr_aa``). At the end of a test the test metrics, and whatever
-callbacks logged on test (flatness), are written to ``metrics.json`` in the run's log directory.
+official AutoAttack (``test/rerr_aa``). ``train.py`` writes the test metrics, and whatever callbacks
+logged on test (flatness), to ``metrics.json`` in the run's log directory
+(:class:`~callbacks.metrics_file.MetricsFile`).
 
 Variants override :meth:`training_step` with their own inner maximisation and outer loss and return
 :func:`step_output` (the loss, the adversarial logits and the labels); what every variant shares acts
@@ -16,7 +17,6 @@ from ``on_train_batch_end``), the L1 penalty (``on_after_backward``) and the sto
 """
 
 import dataclasses
-import json
 import logging
 import os
 import random
@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning import LightningModule
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
@@ -300,29 +299,6 @@ class AdversarialModule(LightningModule):
         count = totals.pop("count")
         names = {"err": "err_train", "loss": "loss_train", "rerr": "rerr_pgd_train", "rloss": "rloss_pgd_train"}
         self.log_dict({f"test/{names[k]}": v / count for k, v in totals.items()}, sync_dist=False)
-
-    def on_test_end(self) -> None:
-        # trainer.log_dir is a collective call: every rank asks, rank zero writes
-        self.write_metrics(self.trainer.log_dir or self.trainer.default_root_dir)
-
-    @rank_zero_only
-    def write_metrics(self, directory: str) -> None:
-        """Add the test and flatness metrics of this test to ``metrics.json`` in ``directory``."""
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, "metrics.json")
-        metrics: Dict[str, Any] = {}
-        if os.path.exists(path):
-            with open(path) as f:
-                metrics = json.load(f)
-        for name, value in self.trainer.callback_metrics.items():
-            if name.startswith(("test/", "flatness/", "early_stopping/", "robust_overfitting/")):
-                metrics[name] = float(value)
-        metrics["epoch"] = self.current_epoch
-        metrics["global_step"] = self.global_step
-        metrics["ckpt_path"] = self.trainer.ckpt_path
-        with open(path, "w") as f:
-            json.dump(metrics, f, indent=2, sort_keys=True)
-        rank_zero_info(f"Test metrics written to {path}")
 
     def on_before_backward(self, loss: Tensor) -> None:
         """Stop at once on a non-finite training loss: before the backward pass, so that neither the
