@@ -109,7 +109,8 @@ class RobustOverfitting(Callback):
                        f"robust overfitting in this run.")
         rank_zero_info(
             f"Robust overfitting: held-out RLoss minimum {numbers['best_rloss']:.4f} at epoch "
-            f"{int(numbers['best_epoch'])} (learning-rate drops at epochs {', '.join(map(str, drops)) if drops else 'none'}); final held-out RLoss "
+            f"{int(numbers['best_epoch'])} (learning-rate drops at epochs "
+            f"{', '.join(map(str, drops)) if drops else 'none'}); final held-out RLoss "
             f"{numbers['final_rloss']:.4f} ({numbers['rise']:+.1%}); final training RLoss "
             f"{numbers['train_rloss']:.4f}. {meaning}")
         self._plot(trainer, drops)

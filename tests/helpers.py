@@ -3,14 +3,16 @@ table of every variant exported by :mod:`lit_robust.modules` with what it needs 
 
 import functools
 import os
+import socket
 
 import numpy as np
 import torch
 from pytorch_lightning import Callback, LightningModule, Trainer, seed_everything
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from lit_robust import modules
-from lit_robust.data import DigitsDataModule, PseudoLabeledDataModule
+from lit_robust.data import AdversarialDataModule, DigitsDataModule, PseudoLabeledDataModule
 from lit_robust.models import SmallCNN
 from lit_robust.modules import PGDAT, AdversarialModule
 
@@ -66,6 +68,32 @@ def variant(cls, tmp_path, network=None, **kwargs):
     data = DigitsDataModule(held_out_size=32, eval_size=32, train_eval_size=32, batch_size=32)
     data = VARIANT_DATA.get(cls.__name__, lambda d, _: d)(data, tmp_path)
     return module, data
+
+
+def small_pgdat():
+    """A seeded PGDAT on a 4-channel SmallCNN with two-step training and validation attacks, one-step test."""
+    torch.manual_seed(0)
+    return PGDAT(SmallCNN(width=4), epsilon=0.1, step_size=0.025, train_steps=2, val_steps=2, val_restarts=1,
+                 test_steps=1, test_restarts=1, test_on_train=False)
+
+
+class RandomImages(AdversarialDataModule):
+    """64 fixed random 8x8 images in every split (no scikit-learn import in the spawned processes)."""
+
+    num_classes, image_shape = 10, (1, 8, 8)
+
+    def setup(self, stage=None) -> None:
+        generator = torch.Generator().manual_seed(0)
+        images = TensorDataset(torch.rand(64, 1, 8, 8, generator=generator),
+                               torch.randint(0, 10, (64,), generator=generator))
+        self.train_set = self.held_out_set = self.eval_set = self.train_eval_set = images
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface, for a process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def tiny_pgdat(cls=PGDAT, **kwargs):

@@ -24,12 +24,21 @@ from lit_robust.modules import (
     StandardTraining,
     TemporalEnsembling,
 )
-from tests.helpers import SMALL_ATTACKS, SaveWeightsPerRank, count_passes, fit_and_test, small_network, teachers
+from tests.helpers import (
+    SMALL_ATTACKS,
+    VARIANTS,
+    SaveWeightsPerRank,
+    count_passes,
+    fit_and_test,
+    small_network,
+    teachers,
+)
 
 TEACHERS = teachers()
 
 
-@pytest.mark.parametrize("cls, kwargs, expected", [
+# forward passes, input-only backward passes, full backward passes of one PGD-7 step: one row per variant
+PASSES = [
     (PGDAT, {}, (8, 7, 1)),
     (TRADES, {}, (10, 7, 1)),  # + the attack's clean target, + clean pass of the update
     (MART, {}, (9, 7, 1)),  # + clean pass of the update
@@ -46,7 +55,17 @@ TEACHERS = teachers()
     (SAM, {}, (9, 7, 2)),  # + ascent pass at w, as AWP
     (SAM, dict(adaptive=True), (9, 7, 2)),
     (HAT, dict(standard_model=SmallCNN(width=8)), (11, 7, 1)),  # TRADES' + helper pass (+ 1 of the standard network)
-], ids=lambda v: v.__name__ if isinstance(v, type) else None)
+]
+# variants whose pass counts need more than one batch (EntropySGD: a fit) or a data module of their own
+COUNTED_IN_THEIR_OWN_FILE = {"EntropySGD", "FriendlyAT", "UnlabeledAT", "RotationSelfSupervised"}
+
+
+def test_every_variant_has_its_pass_count():
+    counted = {cls.__name__ for cls, _, _ in PASSES} | COUNTED_IN_THEIR_OWN_FILE
+    assert counted == {cls.__name__ for cls in VARIANTS}
+
+
+@pytest.mark.parametrize("cls, kwargs, expected", PASSES, ids=lambda v: v.__name__ if isinstance(v, type) else None)
 def test_passes_per_step_with_pgd7(cls, kwargs, expected, digits):
     torch.manual_seed(0)
     module = cls(SmallCNN(width=8), train_steps=7, **SMALL_ATTACKS, **kwargs)

@@ -71,8 +71,9 @@ class HAT(AdversarialModule):
     standard (clean-trained) network f_std on the adversarial example. Helper examples teach the
     network that beyond the adversarial example the label may change, which reduces the excessive
     margin TRADES and AT give along adversarial directions. Defaults are the official code's for
-    CIFAR-10 (imrahulr/hat, its README's CIFAR-10 command and h's default): beta = 2.5, gamma = 0.5, h = 2; as there, the helper examples are
-    not clamped to [0, 1], and the three forward passes of the loss run one after the other.
+    CIFAR-10 (imrahulr/hat, its README's CIFAR-10 command and h's default): beta = 2.5, gamma = 0.5, h = 2;
+    as there, the helper examples are not clamped to [0, 1], and the three forward passes of the loss run one
+    after the other.
 
     The standard network comes from ``standard_checkpoint``, a checkpoint of this library (e.g. of a
     :class:`~lit_robust.modules.standard.StandardTraining` run; its ``model.`` tensors are read) or
