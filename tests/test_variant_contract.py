@@ -11,6 +11,7 @@ from torch import nn
 from callbacks import MetricsFile
 from lit_robust.attacks import FGSM, ThreatModel, threat_model_of
 from lit_robust.errors import ConfigurationError
+from lit_robust.models import SmallCNN
 from lit_robust.modules import PGDAT, StandardTraining
 from tests.helpers import VARIANT_ARGUMENTS, VARIANT_DATA, VARIANTS, trainer, variant
 
@@ -120,3 +121,10 @@ def test_metrics_json_only_with_the_metrics_file_callback(digits, tmp_path):
     metrics = json.loads((tmp_path / "file" / "metrics.json").read_text())
     assert metrics["test/rerr_pgd"] == pytest.approx(result["test/rerr_pgd"])
     assert (metrics["epoch"], metrics["global_step"], metrics["ckpt_path"]) == (0, 0, None)
+
+
+def test_a_network_of_another_number_of_classes_is_refused_before_training(digits, tmp_path):
+    module, _ = variant(PGDAT, tmp_path, network=SmallCNN(num_classes=5, width=4))
+    with pytest.raises(ConfigurationError, match=r"^model.num_classes=5 is not allowed: .* 10 \(DigitsDataModule\)"):
+        trainer(tmp_path, limit_train_batches=1).fit(module, datamodule=digits)
+    assert module.global_step == 0

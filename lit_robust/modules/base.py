@@ -273,17 +273,30 @@ class AdversarialModule(LightningModule):
                 predictions["adversarial_labels"] = self.model(x_adv).argmax(dim=1)
         return predictions
 
+    def check_network_fits_data(self) -> None:
+        """Raise :class:`~lit_robust.errors.ConfigurationError` when the network's output size (its
+        ``num_classes``, which every network of :mod:`lit_robust.models` has) differs from the data module's
+        ``num_classes``; a network without ``num_classes`` or a run without data module is not checked."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        expected, given = getattr(datamodule, "num_classes", None), getattr(self.model, "num_classes", None)
+        if expected is not None and given is not None:
+            check(int(given) == int(expected), "model.num_classes", given,
+                  f"the data module's num_classes, {expected} ({type(datamodule).__name__})")
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if batch_idx == 0:
+            self.check_network_fits_data()
             for x in batch[0] if isinstance(batch[0], (list, tuple)) else [batch[0]]:  # one or several views
                 check_input_range(x)
 
     def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0:
+            self.check_network_fits_data()
             check_input_range(batch[0])
 
     def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0:
+            self.check_network_fits_data()
             x, y = batch[0], batch[1]
             check_input_range(x)
             require_input_gradients()
