@@ -37,7 +37,14 @@ from torch.func import functional_call, vmap
 
 from lit_robust.attacks import PAPER_EPSILON, PAPER_STEP_SIZE, PGD, Norm, per_example_loss, restore_modes
 from lit_robust.errors import check, check_choice
-from lit_robust.weights import Neighbourhood, Selection, names_and_weights, normalize_direction, perturbed
+from lit_robust.weights import (
+    Neighbourhood,
+    Selection,
+    names_and_weights,
+    normalize_direction,
+    parameters_at,
+    perturbed,
+)
 
 Measure = Literal["avg_rloss", "worst_rloss", "avg_loss", "worst_loss"]
 MEASURES: Tuple[str, ...] = ("avg_rloss", "worst_rloss", "avg_loss", "worst_loss")
@@ -85,7 +92,7 @@ class StackedNetwork(nn.Module):
         super().__init__()
         self.model = model
         self.copies = nus[0].shape[0]
-        self.stacked = {name: w.detach() + nu.to(w.dtype) for name, w, nu in zip(names, weights, nus)}
+        self.stacked = parameters_at(names, [w.detach() for w in weights], nus)
 
     def forward(self, x: Tensor) -> Tensor:
         per_copy = x.reshape(self.copies, -1, *x.shape[1:])
