@@ -1,8 +1,10 @@
 """The base objectives that TRADES, MART and the variants built on top of them (AWP, AMP) share.
 
-Each base objective is a pair: the training attack (inner maximisation over the input) and the
-outer loss on the clean and adversarial examples. :class:`BaseLossModule` is an
-:class:`~lit_robust.modules.base.AdversarialModule` whose base objective is an argument.
+Each base objective is a pair, one row of the table :data:`OBJECTIVES`: the training attack (inner
+maximisation over the input) and the outer loss on the clean and adversarial examples.
+:class:`ObjectiveModule` trains on the objective it names (TRADES, MART, UnlabeledAT);
+:class:`BaseLossModule` is one whose base objective is the argument ``base_loss`` (AWP, AMP, SAM).
+A new base objective is a new row.
 
 - ``"at"`` (Madry et al.): PGD on cross-entropy from a uniform start; CE(f(x_adv), y).
 - ``"trades"`` (papers/001 Eq. 13): PGD on KL(f(x) || f(x + delta)) from 0.001 * N(0, 1), as the
