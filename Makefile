@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(PY) train.py fit --config configs/digits/at.yaml
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q -x --durations=15
 
 benchmarks: $(STAMP)

@@ -78,7 +78,7 @@ def at_throughput(device: torch.device, size: Dict, precision: str, channels_las
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = module.training_step((x, y), 0)
+            loss = module.training_step((x, y), 0)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

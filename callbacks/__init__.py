@@ -2,11 +2,12 @@
 
 from callbacks.flatness_monitor import FlatnessMonitor
 from callbacks.landscape_monitor import LandscapeMonitor
+from callbacks.metrics_file import MetricsFile
 from callbacks.robust_early_stopping import RobustEarlyStopping
 from callbacks.robust_overfitting import RobustOverfitting
 from callbacks.swa import StochasticWeightAveraging
 from callbacks.weight_averaging import ExponentialMovingAverage, WeightAveraging
 from callbacks.weight_clipping import WeightClipping
 
-__all__ = ["ExponentialMovingAverage", "FlatnessMonitor", "LandscapeMonitor", "RobustEarlyStopping",
+__all__ = ["ExponentialMovingAverage", "FlatnessMonitor", "LandscapeMonitor", "MetricsFile", "RobustEarlyStopping",
            "RobustOverfitting", "StochasticWeightAveraging", "WeightAveraging", "WeightClipping"]

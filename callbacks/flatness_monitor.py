@@ -13,6 +13,7 @@ from torch.utils.data import Subset
 from typing_extensions import override
 
 from lit_robust.adaptive_sharpness import adaptive_sharpness
+from lit_robust.attacks import threat_model_of
 from lit_robust.errors import check, check_choice
 from lit_robust.evaluation import loader, shard
 from lit_robust.flatness import MEASURES, FlatnessMeasures, FlatnessResult
@@ -116,7 +117,7 @@ class FlatnessMonitor(ScheduledMeasurement):
     RLoss at perturbed weights and adversarial examples of the Hessian measures use PGD with
     ``steps`` iterations (``test_steps`` on test); references use ``restarts`` restarts.
 
-    The input threat model (epsilon, step size, norm) is the module's (``hparams``). During fit the
+    The input threat model (epsilon, step size, norm) is the module's (``threat_model``). During fit the
     cost is set by ``examples``, ``samples``, ``steps`` and ``restarts``; the defaults keep it
     under a tenth of a training epoch of ``configs/digits/at.yaml`` (``benchmarks/flatness.py``
     prints the fraction) and are far below the paper's settings, which the ``test_*`` arguments
@@ -265,9 +266,8 @@ class FlatnessMonitor(ScheduledMeasurement):
             return
         # a fast_dev_run checks that everything runs, not the paper's numbers
         cost = "fit" if stage == "fit" or trainer.fast_dev_run else "test"
-        hparams = pl_module.hparams
-        attack = dict(epsilon=hparams.get("epsilon", 8 / 255), step_size=hparams.get("step_size", 0.007),
-                      norm=hparams.get("norm", "linf"))
+        threat_model = threat_model_of(pl_module, "FlatnessMonitor")
+        attack = dict(epsilon=threat_model.epsilon, step_size=threat_model.step_size, norm=threat_model.norm)
         meter = self._meter(cost, **attack)
         paper = tuple(m for m in self.measures if m in MEASURES)
         extras = {m: self._extra(m, cost, attack) for m in self.measures if m not in MEASURES}

@@ -11,13 +11,23 @@ from torch.utils.data import Subset
 from typing_extensions import override
 
 from callbacks.flatness_monitor import ScheduledMeasurement
-from lit_robust.attacks import PGD
+from lit_robust.attacks import PGD, threat_model_of
 from lit_robust.errors import check, check_choice
 from lit_robust.evaluation import loader
 from lit_robust.flatness import LossKind
-from lit_robust.landscape import (DirectionKind, Landscape, Normalization, adversarial_directions,
-                                  hessian_max_eigenvalue, input_hessian_max_eigenvalue, landscape_1d, landscape_2d,
-                                  plot_landscapes, plot_surface, random_directions)
+from lit_robust.landscape import (
+    DirectionKind,
+    Landscape,
+    Normalization,
+    adversarial_directions,
+    hessian_max_eigenvalue,
+    input_hessian_max_eigenvalue,
+    landscape_1d,
+    landscape_2d,
+    plot_landscapes,
+    plot_surface,
+    random_directions,
+)
 from lit_robust.weights import names_and_weights, normalize_direction
 
 KINDS = ("random", "adversarial", "hessian")
@@ -129,11 +139,11 @@ class LandscapeMonitor(ScheduledMeasurement):
                                                      f"{landscape.curve[-1]:.3f}" for landscape in landscapes))
 
     def _landscapes(self, pl_module: "pl.LightningModule", x: torch.Tensor, y: torch.Tensor):
-        model, h = pl_module.model, pl_module.hparams
+        model = pl_module.model
         attack = None
         if self.loss == "rloss":
-            attack = PGD(h.get("epsilon", 8 / 255), h.get("step_size", 0.007), self.attack_steps,
-                         norm=h.get("norm", "linf"))
+            threat_model = threat_model_of(pl_module, "LandscapeMonitor with loss='rloss'")
+            attack = PGD(threat_model.epsilon, threat_model.step_size, self.attack_steps, norm=threat_model.norm)
         _, weights = names_and_weights(model)
         scalars: Dict[str, float] = {}
         eigenpair = None

@@ -10,10 +10,9 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lit_robust.attacks import PGD, Norm
+from lit_robust.attacks import PGD, Norm, ThreatModel
 from lit_robust.errors import ConfigurationError, check, check_choice
 from lit_robust.evaluation import clean_and_robust
-
 
 Monitor = Literal["rerr", "rloss"]
 
@@ -57,9 +56,9 @@ class RobustEarlyStopping(Callback):
             trainer's ``check_val_every_n_epoch``, as the evaluation runs with validation.
         steps: PGD iterations (7).
         restarts: PGD random restarts, worst case per example (5).
-        epsilon: radius of the threat model; default the module's ``val_attack``'s.
-        step_size: PGD step size; default the module's ``val_attack``'s.
-        norm: threat model; default the module's ``val_attack``'s.
+        epsilon: radius of the threat model; default the module's ``threat_model``'s.
+        step_size: PGD step size; default the module's ``threat_model``'s.
+        norm: threat model; default the module's ``threat_model``'s.
         patience: stop training after this many evaluations without improvement; ``None``
             (default, as the paper) never stops.
         restore_best_weights: at the end of fit, load the best weights into the module, so that the
@@ -111,16 +110,17 @@ class RobustEarlyStopping(Callback):
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
-        reference = getattr(pl_module, "val_attack", None)
+        threat_model = getattr(pl_module, "threat_model", None)
 
         def setting(name: str, value: Any) -> Any:
-            if value is None and not hasattr(reference, name):
+            if value is None and not isinstance(threat_model, ThreatModel):
                 raise ConfigurationError(f"{name}=None is not allowed: RobustEarlyStopping needs {name} when the "
-                                         f"module has no val_attack to take it from.")
-            return getattr(reference, name) if value is None else value
+                                         f"module has no threat_model to take it from.")
+            return getattr(threat_model, name) if value is None else value
 
         self.attack = PGD(setting("epsilon", self.epsilon), setting("step_size", self.step_size), self.steps,
                           restarts=self.restarts, norm=setting("norm", self.norm))
+        reference = getattr(pl_module, "val_attack", None)
         self.reuse_validation = type(reference) is PGD and vars(reference) == vars(self.attack)
         how = (f"reuses the module's val/{self.monitor}" if self.reuse_validation
                else "attacks the validation batches itself")

@@ -4,7 +4,6 @@ import math
 from typing import Any, Dict, List, Optional
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
@@ -110,7 +109,8 @@ class RobustOverfitting(Callback):
                        f"robust overfitting in this run.")
         rank_zero_info(
             f"Robust overfitting: held-out RLoss minimum {numbers['best_rloss']:.4f} at epoch "
-            f"{int(numbers['best_epoch'])} (learning-rate drops at epochs {', '.join(map(str, drops)) if drops else 'none'}); final held-out RLoss "
+            f"{int(numbers['best_epoch'])} (learning-rate drops at epochs "
+            f"{', '.join(map(str, drops)) if drops else 'none'}); final held-out RLoss "
             f"{numbers['final_rloss']:.4f} ({numbers['rise']:+.1%}); final training RLoss "
             f"{numbers['train_rloss']:.4f}. {meaning}")
         self._plot(trainer, drops)

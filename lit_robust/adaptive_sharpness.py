@@ -42,7 +42,7 @@ from typing import Iterable, List, Literal, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from lit_robust.attacks import PGD, Norm, per_example_loss, restore_modes
+from lit_robust.attacks import PAPER_EPSILON, PAPER_STEP_SIZE, PGD, Norm, per_example_loss, restore_modes
 from lit_robust.errors import check, check_choice
 from lit_robust.flatness import FlatnessResult, LossKind, Reduce, loss_of, losses_at
 from lit_robust.hessian_trace import examples
@@ -144,8 +144,9 @@ def worst_case_ascent(model: nn.Module, weights: Sequence[Tensor], scale: Sequen
 
 def adaptive_sharpness(model: nn.Module, loader: Iterable, case: Literal["average", "worst"] = "average",
                        loss: LossKind = "rloss", rho: Optional[float] = None, p: P = "2", adaptive: bool = True,
-                       samples: int = 10, iterations: int = 20, epsilon: float = 8 / 255, step_size: float = 0.007,
-                       steps: int = 20, reference_steps: int = 20, reference_restarts: int = 10,
+                       samples: int = 10, iterations: int = 20, epsilon: float = PAPER_EPSILON,
+                       step_size: float = PAPER_STEP_SIZE, steps: int = 20, reference_steps: int = 20,
+                       reference_restarts: int = 10,
                        norm: Norm = "linf", random_start: bool = True, max_examples: Optional[int] = 1000,
                        parallel: int = 10, which: Selection = "all", reduce: Optional[Reduce] = None,
                        generator: Optional[torch.Generator] = None) -> FlatnessResult:

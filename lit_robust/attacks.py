@@ -116,6 +116,41 @@ def check_step_size(step_size: float, epsilon: float, setting: str = "step_size"
           f"e.g. epsilon / 4)")
 
 
+PAPER_EPSILON = 8 / 255
+"""Radius of the paper's L-inf threat model on CIFAR-10 (papers/001 Sec. F), the default of every setting."""
+PAPER_STEP_SIZE = 0.007
+"""The paper's PGD step size for ``PAPER_EPSILON`` (papers/001 Sec. F)."""
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """The input threat model: perturbations in the ``norm`` ball of radius ``epsilon`` around [0, 1] images,
+    searched by PGD with ``step_size`` (papers/001 Sec. F). A module's ``threat_model`` is what its
+    evaluation attacks, AutoAttack and the callbacks that attack (flatness, landscape, early stopping) use.
+
+    Args:
+        epsilon: radius of the ball (8/255 on CIFAR-10).
+        step_size: PGD step size (0.007 in the paper).
+        norm: ``"linf"`` or ``"l2"``.
+    """
+
+    epsilon: float = PAPER_EPSILON
+    step_size: float = PAPER_STEP_SIZE
+    norm: Norm = "linf"
+
+
+def threat_model_of(module: nn.Module, user: str) -> ThreatModel:
+    """The ``threat_model`` of ``module`` (every :class:`~lit_robust.modules.AdversarialModule` has one).
+
+    Raises:
+        ConfigurationError: naming ``user`` when the module has none.
+    """
+    threat_model = getattr(module, "threat_model", None)
+    check(isinstance(threat_model, ThreatModel), "model", type(module).__name__,
+          f"a module with a threat_model (a lit_robust.modules.AdversarialModule) for {user}")
+    return threat_model
+
+
 class PGD:
     """Projected gradient descent on the input (Madry et al.; papers/001 Sec. F).
 

@@ -12,15 +12,16 @@ import zipfile
 from typing import Any, Dict, Optional
 
 import torch
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from jsonargparse import Namespace
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 
+from callbacks.metrics_file import MetricsFile
 from lit_robust.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from lit_robust.data.base import AdversarialDataModule
 from lit_robust.errors import ConfigurationError, check
@@ -39,7 +40,8 @@ class RobustCLI(LightningCLI):
     """LightningCLI for an :class:`AdversarialModule` and an :class:`AdversarialDataModule` (subclass mode).
 
     After ``fit`` it tests the final weights (``--test_after_fit false`` to skip), writing
-    ``metrics.json``, and logs a summary with the TensorBoard command.
+    ``metrics.json`` (:class:`~callbacks.metrics_file.MetricsFile`, added to every run), and logs a summary
+    with the TensorBoard command.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -102,6 +104,8 @@ class RobustCLI(LightningCLI):
         network = namespace_to_dict(config["model"]["init_args"].get("model"))
         if self.trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in self.trainer.callbacks):
             self.trainer.callbacks.insert(0, LearningRateMonitor())  # the schedule in TensorBoard (lr-SGD)
+        if not any(isinstance(c, MetricsFile) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(MetricsFile())  # the test metrics in metrics.json, next to the logs
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.save_last is None:
                 callback.save_last = True  # every run can be resumed with --ckpt_path last

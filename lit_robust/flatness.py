@@ -35,9 +35,16 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from lit_robust.attacks import PGD, Norm, per_example_loss, restore_modes
+from lit_robust.attacks import PAPER_EPSILON, PAPER_STEP_SIZE, PGD, Norm, per_example_loss, restore_modes
 from lit_robust.errors import check, check_choice
-from lit_robust.weights import Neighbourhood, Selection, names_and_weights, normalize_direction, perturbed
+from lit_robust.weights import (
+    Neighbourhood,
+    Selection,
+    names_and_weights,
+    normalize_direction,
+    parameters_at,
+    perturbed,
+)
 
 Measure = Literal["avg_rloss", "worst_rloss", "avg_loss", "worst_loss"]
 MEASURES: Tuple[str, ...] = ("avg_rloss", "worst_rloss", "avg_loss", "worst_loss")
@@ -85,7 +92,7 @@ class StackedNetwork(nn.Module):
         super().__init__()
         self.model = model
         self.copies = nus[0].shape[0]
-        self.stacked = {name: w.detach() + nu.to(w.dtype) for name, w, nu in zip(names, weights, nus)}
+        self.stacked = parameters_at(names, [w.detach() for w in weights], nus)
 
     def forward(self, x: Tensor) -> Tensor:
         per_copy = x.reshape(self.copies, -1, *x.shape[1:])
@@ -250,7 +257,7 @@ class FlatnessMeasures:
         which: tensors that make up B_xi(w), see :func:`~lit_robust.weights.select_parameters`.
     """
 
-    def __init__(self, epsilon: float = 8 / 255, step_size: float = 0.007, norm: Norm = "linf",
+    def __init__(self, epsilon: float = PAPER_EPSILON, step_size: float = PAPER_STEP_SIZE, norm: Norm = "linf",
                  random_start: bool = True, reference_steps: int = 20, reference_restarts: int = 10,
                  average_xi: float = 0.5, samples: int = 10, average_steps: int = 20, average_restarts: int = 1,
                  worst_xi: float = 0.003, worst_iterations: int = 20, worst_restarts: int = 10,
@@ -368,7 +375,7 @@ class FlatnessMeasures:
 
 
 def average_case_flatness(model: nn.Module, loader: Iterable, xi: float = 0.5, samples: int = 10,
-                          loss: LossKind = "rloss", epsilon: float = 8 / 255, step_size: float = 0.007,
+                          loss: LossKind = "rloss", epsilon: float = PAPER_EPSILON, step_size: float = PAPER_STEP_SIZE,
                           steps: int = 20, restarts: int = 1, reference_steps: int = 20, reference_restarts: int = 10,
                           norm: Norm = "linf", random_start: bool = True, max_examples: Optional[int] = 1000,
                           parallel: int = 10, which: Selection = "all", reduce: Optional[Reduce] = None,
@@ -409,8 +416,8 @@ def average_case_flatness(model: nn.Module, loader: Iterable, xi: float = 0.5, s
 
 
 def worst_case_flatness(model: nn.Module, loader: Iterable, xi: float = 0.003, iterations: int = 20,
-                        restarts: int = 10, lr: float = 0.001, loss: LossKind = "rloss", epsilon: float = 8 / 255,
-                        step_size: float = 0.007, reference_steps: int = 20, reference_restarts: int = 10,
+                        restarts: int = 10, lr: float = 0.001, loss: LossKind = "rloss", epsilon: float = PAPER_EPSILON,
+                        step_size: float = PAPER_STEP_SIZE, reference_steps: int = 20, reference_restarts: int = 10,
                         norm: Norm = "linf", random_start: bool = True, max_examples: Optional[int] = 1000,
                         parallel: int = 10, which: Selection = "all", reduce: Optional[Reduce] = None,
                         generator: Optional[torch.Generator] = None) -> FlatnessResult:

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from lit_robust.attacks import PGD, Norm, per_example_loss, restore_modes
+from lit_robust.attacks import PAPER_EPSILON, PAPER_STEP_SIZE, PGD, Norm, per_example_loss, restore_modes
 from lit_robust.errors import check, check_choice
 from lit_robust.flatness import FlatnessResult, LossKind, Reduce
 from lit_robust.weights import Selection, names_and_weights
@@ -86,7 +86,8 @@ def reduced_forms(model: nn.Module, loader: Iterable, tensors: Sequence[Tensor],
 
 
 def hessian_trace(model: nn.Module, loader: Iterable, loss: LossKind = "rloss", samples: int = 100,
-                  epsilon: float = 8 / 255, step_size: float = 0.007, steps: int = 20, restarts: int = 1,
+                  epsilon: float = PAPER_EPSILON, step_size: float = PAPER_STEP_SIZE, steps: int = 20,
+                  restarts: int = 1,
                   norm: Norm = "linf", random_start: bool = True, max_examples: Optional[int] = 1000,
                   which: Selection = "all", reduce: Optional[Reduce] = None,
                   generator: Optional[torch.Generator] = None) -> FlatnessResult:

@@ -29,7 +29,7 @@ from typing import Iterable, List, Literal, Optional
 import torch
 from torch import Tensor, nn
 
-from lit_robust.attacks import PGD, Norm, restore_modes
+from lit_robust.attacks import PAPER_EPSILON, PAPER_STEP_SIZE, PGD, Norm, restore_modes
 from lit_robust.errors import check, check_choice
 from lit_robust.evaluation import clean_and_robust
 from lit_robust.flatness import Reduce
@@ -65,8 +65,9 @@ class PacBayesResult:
 
 def pac_bayes_flatness(model: nn.Module, loader: Iterable, error: ErrorKind = "rerr", magnitude_aware: bool = True,
                        target: float = 0.1, tolerance: float = 0.01, search_depth: int = 15, samples: int = 3,
-                       upper: float = 2.0, magnitude_epsilon: float = 1e-3, epsilon: float = 8 / 255,
-                       step_size: float = 0.007, steps: int = 20, norm: Norm = "linf", random_start: bool = True,
+                       upper: float = 2.0, magnitude_epsilon: float = 1e-3, epsilon: float = PAPER_EPSILON,
+                       step_size: float = PAPER_STEP_SIZE, steps: int = 20, norm: Norm = "linf",
+                       random_start: bool = True,
                        max_examples: Optional[int] = 1000, which: Selection = "all",
                        reduce: Optional[Reduce] = None,
                        generator: Optional[torch.Generator] = None) -> PacBayesResult:

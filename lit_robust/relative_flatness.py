@@ -26,7 +26,7 @@ from typing import Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-from lit_robust.attacks import PGD, Norm
+from lit_robust.attacks import PAPER_EPSILON, PAPER_STEP_SIZE, PGD, Norm
 from lit_robust.errors import check, check_choice
 from lit_robust.flatness import FlatnessResult, LossKind, Reduce
 from lit_robust.hessian_trace import rademacher, reduced_forms
@@ -40,7 +40,8 @@ def feature_layer(model: nn.Module) -> Tensor:
 
 
 def relative_flatness(model: nn.Module, loader: Iterable, loss: LossKind = "rloss", samples: int = 100,
-                      epsilon: float = 8 / 255, step_size: float = 0.007, steps: int = 20, restarts: int = 1,
+                      epsilon: float = PAPER_EPSILON, step_size: float = PAPER_STEP_SIZE, steps: int = 20,
+                      restarts: int = 1,
                       norm: Norm = "linf", random_start: bool = True, max_examples: Optional[int] = 1000,
                       reduce: Optional[Reduce] = None,
                       generator: Optional[torch.Generator] = None) -> FlatnessResult:

@@ -254,7 +254,8 @@ def figure_gap_vs_flatness(runs: Sequence[Run]):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    r = _scatter(ax, runs, "flatness/avg_rloss", lambda run: run.get("test/rloss_pgd") - run.get("test/rloss_pgd_train"),
+    r = _scatter(ax, runs, "flatness/avg_rloss",
+                 lambda run: run.get("test/rloss_pgd") - run.get("test/rloss_pgd_train"),
                  "average-case flatness in RLoss", "RLoss gap (test - train)")
     fig.tight_layout()
     return fig, r

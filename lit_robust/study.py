@@ -438,7 +438,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--time", type=int, default=24 * 60, help="time limit per run in minutes (local and slurm)")
     parser.add_argument("--gpus-per-run", type=int, default=0,
                         help="GPUs per run (slurm: per array task; local: each run its own GPU(s))")
-    parser.add_argument("--cpus-per-run", type=int, default=0, help="CPU threads per run (slurm: CPUs per task); 0: local cores // jobs, slurm the cluster's default")
+    parser.add_argument("--cpus-per-run", type=int, default=0,
+                        help="CPU threads per run (slurm: CPUs per task); 0: local cores // jobs, slurm the "
+                             "cluster's default")
     parser.add_argument("--array-parallelism", type=int, default=32, help="slurm: array tasks running at once")
     parser.add_argument("--no-wait", action="store_true", help="slurm: submit and return (report later)")
     parser.add_argument("--report-only", action="store_true", help="only write the report of the finished runs")

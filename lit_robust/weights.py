@@ -9,10 +9,11 @@ grows and shrinks with the weights, which makes flatness measured in it scale-in
 """
 
 from contextlib import contextmanager
-from typing import Iterator, List, Literal, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Literal, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from lit_robust.errors import check, check_choice
 
@@ -169,6 +170,34 @@ class Neighbourhood:
     def contains(self, nu: Sequence[Tensor], rtol: float = 1e-5) -> bool:
         """Whether every nu_l lies inside its ball (up to ``rtol``)."""
         return all(n.detach().norm() <= r * (1 + rtol) for n, r in zip(nu, self.radii))
+
+
+def parameters_at(names: Sequence[str], weights: Sequence[Tensor], nu: Sequence[Tensor]) -> Dict[str, Tensor]:
+    """The network's tensors at w + nu (papers/001 Eq. 3), by name, for ``torch.func.functional_call``:
+    the one "network at w + nu" of the project (the weight-perturbing variants' update, the flatness
+    measures' stacked networks). Neither w nor nu is changed; gradients flow to whichever requires them.
+
+    Args:
+        names: the names of the perturbed tensors, as in ``model.named_parameters()``.
+        weights: the tensors w, in the same order.
+        nu: one perturbation per tensor (shapes that broadcast against w, e.g. K stacked perturbations).
+    """
+    return {name: w + n.to(w.dtype) for name, w, n in zip(names, weights, nu)}
+
+
+def network_at(model: nn.Module, names: Sequence[str], weights: Sequence[Tensor],
+               nu: Sequence[Tensor]) -> Callable[[Tensor], Tensor]:
+    """``model`` at the weights w + nu (:func:`parameters_at`) as a function of its input; ``model`` itself
+    is not changed (unlike :func:`perturbed`, which changes it in place inside a block).
+
+    Args:
+        model: the network.
+        names: the names of the perturbed tensors, as in ``model.named_parameters()``.
+        weights: those tensors, in the same order.
+        nu: one perturbation per tensor.
+    """
+    parameters = parameters_at(names, weights, nu)
+    return lambda inputs: functional_call(model, parameters, (inputs,))
 
 
 @contextmanager

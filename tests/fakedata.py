@@ -123,6 +123,7 @@ def write_mnist(root, monkeypatch=None, train_size: int = 60, test_size: int = 4
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
     for prefix, count, test in (("train", train_size, False), ("t10k", test_size, True)):
-        _write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte"), _images(count, (1, 28, 28), test, seed + test)[:, 0])
+        _write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte"),
+                   _images(count, (1, 28, 28), test, seed + test)[:, 0])
         _write_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte"), rng.integers(0, 10, count))
     return str(root)

@@ -71,7 +71,7 @@ def test_inner_iterations_and_update_follow_algorithm_1(xi, digits):
     theta = {n: p.detach().clone() for n, p in module.model.named_parameters()}
 
     optimizer = torch.optim.SGD(module.parameters(), lr=LR)
-    module.training_step((x, y), 0).backward()
+    module.training_step((x, y), 0)["loss"].backward()
     for n, p in module.model.named_parameters():
         assert torch.equal(p, theta[n]), n  # theta itself is restored bit for bit
     optimizer.step()

@@ -12,7 +12,7 @@ from lit_robust.errors import ConfigurationError
 from lit_robust.losses import trades_loss
 from lit_robust.models import SmallCNN
 from lit_robust.modules import AWP
-from tests.test_variants import step_and_attack
+from tests.helpers import step_and_attack
 
 XI, LR, LAM = 0.01, 0.1, 6.0
 

@@ -5,10 +5,9 @@ import functools
 
 import pytest
 import torch
-
-from lit_robust.attacks import PGD
 from torch import nn
 
+from lit_robust.attacks import PGD
 from lit_robust.modules import PGDAT
 
 

@@ -103,7 +103,8 @@ def test_cpu_ddp_config_runs_two_processes(tmp_path):
     result = subprocess.run(command, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
-    assert "GLOBAL_RANK: 1" in output or "world_size=2" in output.replace(" ", "") or "distributed_backend=gloo" in output
+    assert ("GLOBAL_RANK: 1" in output or "world_size=2" in output.replace(" ", "")
+            or "distributed_backend=gloo" in output)
     assert (tmp_path / "logs" / "digits_at" / "version_0" / "metrics.json").exists()
 
 

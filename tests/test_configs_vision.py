@@ -37,7 +37,8 @@ FAST = ["--trainer.fast_dev_run", "1", "--trainer.accelerator", "cpu", "--traine
 SMALL_NETWORK = {
     "ResNet18": ["--model.init_args.model.init_args.width", "4"],
     "PreActResNet18": ["--model.init_args.model.init_args.width", "4"],
-    "WideResNet": ["--model.init_args.model.init_args.depth", "10", "--model.init_args.model.init_args.widen_factor", "1"],
+    "WideResNet": ["--model.init_args.model.init_args.depth", "10",
+                   "--model.init_args.model.init_args.widen_factor", "1"],
     "SmallCNN": ["--model.init_args.model.init_args.width", "4"],
 }
 

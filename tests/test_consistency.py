@@ -14,7 +14,7 @@ from lit_robust.data.views import AugmentedViews
 from lit_robust.errors import ConfigurationError
 from lit_robust.models import SmallCNN
 from lit_robust.modules import Consistency
-from tests.test_variants import step_and_attack
+from tests.helpers import step_and_attack
 
 LAM, T = 2.0, 0.5
 

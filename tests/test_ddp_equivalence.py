@@ -18,7 +18,7 @@ from pytorch_lightning import Callback
 from torch.utils.data import DataLoader, DistributedSampler
 
 from callbacks import RobustEarlyStopping
-from lit_robust.cli import RobustCLI, TRAINER_DEFAULTS
+from lit_robust.cli import TRAINER_DEFAULTS, RobustCLI
 from lit_robust.data import AdversarialDataModule, DigitsDataModule
 from lit_robust.modules import AdversarialModule
 

@@ -8,33 +8,25 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from pytorch_lightning import Callback, Trainer
+from pytorch_lightning import Callback
 from torch.func import functional_call
 
 from lit_robust.attacks import PGD
 from lit_robust.errors import ConfigurationError
 from lit_robust.models import SmallCNN
 from lit_robust.modules import EntropySGD
-from tests.test_variants import SMALL_ATTACKS, SaveWeightsPerRank, count_passes, small_network
+from tests.helpers import (
+    SMALL_ATTACKS,
+    SaveWeightsPerRank,
+    count_passes,
+    robust_error_after_training,
+    small_network,
+    trainer,
+)
 
 
 def flat(network):
     return torch.cat([p.detach().flatten() for p in network.parameters()])
-
-
-def trainer(tmp_path, **kwargs):
-    defaults = dict(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_progress_bar=False,
-                    enable_checkpointing=False, enable_model_summary=False, inference_mode=False,
-                    limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=str(tmp_path))
-    defaults.update(kwargs)
-    return Trainer(**defaults)
-
-
-def robust_error_after_training(module, data, tmp_path, max_epochs):
-    """PGD robust error on the evaluation split after ``max_epochs`` of training, single process."""
-    run = trainer(tmp_path, max_epochs=max_epochs)
-    run.fit(module, datamodule=data)
-    return run.test(module, datamodule=data, verbose=False)[0]["test/rerr_pgd"]
 
 
 def fixed_batches(count, batch_size=16, seed=0):
@@ -205,7 +197,7 @@ def test_pass_counts_with_pgd7(tmp_path):
 
     def fit_four_batches(batch, batch_idx):
         trainer(tmp_path).fit(module, train_dataloaders=Batches(fixed_batches(4)))
-        return torch.zeros((), requires_grad=True)  # the fit did its own backward passes
+        return {"loss": torch.zeros((), requires_grad=True)}  # the fit did its own backward passes
 
     counted = SimpleNamespace(model=module.model, training_step=fit_four_batches)
     assert count_passes(counted, None) == (4 * 8, 4 * 7, 4)  # 4 Langevin steps; the 2 updates need no pass
@@ -228,6 +220,6 @@ def test_bad_settings_fail_at_construction(kwargs, setting):
 
 
 def test_a_schedule_that_needs_a_metric_is_refused():
-    module = EntropySGD(SmallCNN(width=8), lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau)
+    module = EntropySGD(SmallCNN(width=8), lr_scheduler=functools.partial(torch.optim.lr_scheduler.ReduceLROnPlateau))
     with pytest.raises(ConfigurationError, match="^lr_scheduler='ReduceLROnPlateau'"):
         module.configure_optimizers()

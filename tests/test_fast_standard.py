@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from lit_robust.attacks import FGSM
 from lit_robust.models import SmallCNN
 from lit_robust.modules import FastAT, StandardTraining
-from tests.test_variants import step_and_attack
+from tests.helpers import step_and_attack
 
 
 def test_fast_at_step_is_cross_entropy_on_one_fgsm_step(digits):
@@ -35,7 +35,9 @@ def test_standard_training_step_is_clean_cross_entropy(digits):
     logged = {}
     module.log_dict = lambda values, **k: logged.update(values)
     x, y = next(iter(digits.train_dataloader()))
-    loss = module.training_step((x, y), 0)
+    outputs = module.training_step((x, y), 0)
+    module.log_training(outputs)  # what on_train_batch_end does
+    loss = outputs["loss"]
     with torch.no_grad():
         logits = module.model(x)
     assert loss.item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)

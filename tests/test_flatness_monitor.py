@@ -6,30 +6,20 @@ import functools
 import json
 import math
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import WeightAveraging as LightningWeightAveraging
-from torch.utils.data import TensorDataset
 
 from callbacks.flatness_monitor import FlatnessMonitor
-from lit_robust.data import AdversarialDataModule
 from lit_robust.errors import ConfigurationError
-from lit_robust.models import SmallCNN
-from lit_robust.modules import PGDAT
 from lit_robust.weights import names_and_weights
 from tests.conftest import ROOT, run_train
+from tests.helpers import RandomImages, free_port, small_pgdat
 
 CURVES = ["flatness/avg_rloss", "flatness/worst_rloss", "flatness/avg_loss", "flatness/worst_loss"]
-
-
-def module() -> PGDAT:
-    torch.manual_seed(0)
-    return PGDAT(SmallCNN(width=4), epsilon=0.1, step_size=0.025, train_steps=2, val_steps=2, val_restarts=1,
-                 test_steps=1, test_restarts=1, test_on_train=False)
 
 
 def test_flatness_config_logs_the_curves_per_epoch_and_writes_metrics_json(tmp_path):
@@ -37,7 +27,8 @@ def test_flatness_config_logs_the_curves_per_epoch_and_writes_metrics_json(tmp_p
 
     at = os.path.join(ROOT, "configs", "digits", "at.yaml")
     config = os.path.join(ROOT, "configs", "callbacks", "flatness_monitor.yaml")
-    code = run_train(["fit", "--config", at, "--config", config, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
+    code = run_train(["fit", "--config", at, "--config", config, "--trainer.max_epochs", "2",
+                      "--trainer.limit_train_batches", "2",
                       "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
                       "--trainer.enable_progress_bar", "false", "--model.init_args.model.init_args.width", "4",
                       "--model.init_args.test_steps", "1", "--model.init_args.test_restarts", "1",
@@ -88,7 +79,7 @@ def test_measures_the_averaged_weights_whatever_the_callback_order(digits):
     trainer = Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, accelerator="cpu", logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       inference_mode=False, num_sanity_val_steps=0, callbacks=[averaging, recorder, monitor])
-    trainer.fit(module(), datamodule=digits)
+    trainer.fit(small_pgdat(), datamodule=digits)
     average = [torch.stack(step).mean(dim=0) for step in zip(*recorder.steps)]
     assert len(recorder.steps) == 3
     assert all(torch.allclose(m, a, atol=1e-6) for m, a in zip(monitor.measured, average))
@@ -108,22 +99,10 @@ def test_every_n_epochs_and_checks():
         FlatnessMonitor(every_n_epochs=-1)
 
 
-class RandomImages(AdversarialDataModule):
-    """64 fixed random 8x8 images in every split (no scikit-learn import in the spawned processes)."""
-
-    num_classes, image_shape = 10, (1, 8, 8)
-
-    def setup(self, stage=None) -> None:
-        generator = torch.Generator().manual_seed(0)
-        images = TensorDataset(torch.rand(64, 1, 8, 8, generator=generator),
-                               torch.randint(0, 10, (64,), generator=generator))
-        self.train_set = self.held_out_set = self.eval_set = self.train_eval_set = images
-
-
 def measured_during_fit(devices: int) -> dict:
     """One epoch of a fixed (seeded) module that does not change (learning rate 0, frozen batch-norm
     statistics), the monitor measuring 64 examples at validation; its results."""
-    model = module()
+    model = small_pgdat()
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.momentum = 0.0
@@ -145,12 +124,6 @@ def ddp_worker(rank: int, world_size: int, port: int, directory: str) -> None:
                       LOCAL_RANK=str(rank), NODE_RANK="0")
     torch.set_num_threads(1)
     torch.save(measured_during_fit(world_size), os.path.join(directory, f"rank{rank}.pt"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_one_and_two_processes_agree(tmp_path):

@@ -9,8 +9,7 @@ from lit_robust.attacks import FriendlyPGD
 from lit_robust.errors import ConfigurationError
 from lit_robust.models import SmallCNN
 from lit_robust.modules import FriendlyAT
-from tests.test_entropy_sgd import robust_error_after_training
-from tests.test_variants import SMALL_ATTACKS, count_passes, small_network
+from tests.helpers import SMALL_ATTACKS, count_passes, robust_error_after_training, small_network
 
 C, ALPHA, K = 0.53, 1 / 16, 7
 

@@ -12,7 +12,7 @@ from pytorch_lightning import Trainer
 from lit_robust.errors import ConfigurationError
 from lit_robust.models import SmallCNN
 from lit_robust.modules import HAT, StandardTraining
-from tests.test_variants import step_and_attack
+from tests.helpers import step_and_attack
 
 BETA, GAMMA, H = 3.0, 0.7, 2.0
 
@@ -95,7 +95,8 @@ def test_the_documented_workflow_runs(tmp_path):
     digits = os.path.join(ROOT, "configs", "digits")
     short = ["--trainer.enable_progress_bar", "false", "--model.init_args.model.init_args.width", "4"]
     assert run_train(["fit", "--config", os.path.join(digits, "at.yaml"),
-                      "--config", os.path.join(digits, "standard.yaml"), "--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint",
+                      "--config", os.path.join(digits, "standard.yaml"),
+                      "--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint",
                       "--trainer.callbacks.save_last=true", "--trainer.max_epochs", "1",
                       "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "0",
                       "--test_after_fit", "false"] + short, cwd=str(tmp_path)) == 0

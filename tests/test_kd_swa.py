@@ -44,7 +44,7 @@ def test_loss_is_the_distillation_objective_on_the_adversarial_examples(digits):
     attack = module.train_attack.run
     module.train_attack.run = lambda *a, **k: seen.setdefault("result", attack(*a, **k))
     module.train()
-    loss = module.training_step((x, y), 0)
+    loss = module.training_step((x, y), 0)["loss"]
     x_adv = seen["result"].x_adv
     with torch.no_grad():
         expected = reference_loss(module.model(x_adv), robust.eval()(x_adv), standard.eval()(x_adv), y)

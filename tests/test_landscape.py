@@ -14,10 +14,19 @@ from torch import nn
 from torch.func import functional_call
 
 from callbacks.landscape_monitor import LandscapeMonitor
+from callbacks.metrics_file import MetricsFile
 from lit_robust.attacks import PGD
-from lit_robust.landscape import (Landscape, adversarial_directions, hessian_max_eigenvalue,
-                                  input_hessian_max_eigenvalue, landscape_1d, landscape_2d, plot_landscapes,
-                                  plot_surface, random_directions)
+from lit_robust.landscape import (
+    Landscape,
+    adversarial_directions,
+    hessian_max_eigenvalue,
+    input_hessian_max_eigenvalue,
+    landscape_1d,
+    landscape_2d,
+    plot_landscapes,
+    plot_surface,
+    random_directions,
+)
 from lit_robust.models import SmallCNN
 from lit_robust.modules import PGDAT
 from lit_robust.weights import names_and_weights
@@ -174,7 +183,7 @@ def test_landscape_monitor_writes_png_tensorboard_and_metrics(tmp_path, digits):
                    test_on_train=False)
     logger = TensorBoardLogger(str(tmp_path), name="run")
     trainer = Trainer(accelerator="cpu", logger=logger, enable_progress_bar=False, inference_mode=False,
-                      limit_test_batches=1, callbacks=[monitor])
+                      limit_test_batches=1, callbacks=[monitor, MetricsFile()])
     state = {k: v.clone() for k, v in module.state_dict().items()}
     trainer.test(module, datamodule=digits, verbose=False)
     assert all(torch.equal(v, state[k]) for k, v in module.state_dict().items())

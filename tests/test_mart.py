@@ -6,7 +6,7 @@ import torch
 from lit_robust.losses import mart_binary_cross_entropy, mart_loss
 from lit_robust.models import SmallCNN
 from lit_robust.modules import MART
-from tests.test_variants import step_and_attack
+from tests.helpers import step_and_attack
 
 
 def reference_bce(logits, y):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from pytorch_lightning import Trainer
 from torch import nn
 
+from callbacks import MetricsFile
 from lit_robust.attacks import PGD
 from lit_robust.errors import ConfigurationError
 from lit_robust.models import SmallCNN
@@ -39,7 +40,7 @@ def test_training_step_is_adversarial_cross_entropy(digits):
     module.train_attack.run = lambda *a, **k: calls.append(1) or original(*a, **k)
     module.log_dict = lambda *a, **k: None
     torch.manual_seed(1)
-    loss = module.training_step((x, y), 0)
+    loss = module.training_step((x, y), 0)["loss"]
     assert calls == [1]
     torch.manual_seed(1)
     x_adv = PGD(0.1, 0.025, 3, keep_best=False)(module.model, x, y)
@@ -94,13 +95,13 @@ def test_label_smoothing_only_in_weight_update(digits):
     original = module.train_attack.run
     module.train_attack.run = lambda m, x_, y_, **k: targets.setdefault("y", y_) is None or original(m, x_, y_, **k)
     torch.manual_seed(0)
-    loss = module.training_step((x, y), 0)
+    loss = module.training_step((x, y), 0)["loss"]
     assert torch.equal(targets["y"], y)  # PGD uses the true labels
     torch.manual_seed(0)
     plain = _module(label_smoothing=0.0)
     plain.model.load_state_dict(module.model.state_dict())
     plain.log_dict = lambda *a, **k: None
-    assert not torch.isclose(loss, plain.training_step((x, y), 0))
+    assert not torch.isclose(loss, plain.training_step((x, y), 0)["loss"])
 
 
 @pytest.mark.parametrize("kwargs, setting", [
@@ -148,7 +149,7 @@ def test_users_own_module_and_plain_trainer(tmp_path, digits):
     torch.manual_seed(0)
     module = PGDAT(Mine(), epsilon=0.1, step_size=0.025, train_steps=3, val_steps=3, val_restarts=1,
                    test_steps=5, test_restarts=2, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
-    trainer = _trainer(tmp_path, max_epochs=4)
+    trainer = _trainer(tmp_path, max_epochs=4, callbacks=[MetricsFile()])
     trainer.fit(module, datamodule=digits)
     result = trainer.test(module, datamodule=digits, verbose=False)[0]
     assert result["test/rerr_pgd"] < 0.6  # chance is 0.9

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning import Trainer
 
+from callbacks import MetricsFile
 from lit_robust.attacks import PGD
 from lit_robust.data import CIFAR10DataModule
 from lit_robust.evaluation import autoattack_wrong
@@ -81,7 +82,7 @@ def test_bf16_mixed_training_validation_and_test(tmp_path, monkeypatch):
                    val_steps=2, val_restarts=1, test_steps=2, test_restarts=1)
     trainer = Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", max_epochs=1, inference_mode=False,
                       logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, default_root_dir=str(tmp_path))
+                      enable_model_summary=False, default_root_dir=str(tmp_path), callbacks=[MetricsFile()])
     trainer.fit(module, datamodule=data)
     assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
     assert 0 <= float(trainer.callback_metrics["val/rerr"]) <= 1

@@ -23,8 +23,9 @@ def fabricate(root, name, values, epochs=5):
     rerr, rloss, rloss_train, avg, worst, avg_loss = values
     run = root / name / "version_0"
     run.mkdir(parents=True)
-    metrics = {"test/err": rerr / 2, "test/rerr_pgd": rerr, "test/rloss_pgd": rloss, "test/rloss_pgd_train": rloss_train,
-               "test/rerr_pgd_train": rerr / 3, "flatness/avg_rloss": avg, "flatness/worst_rloss": worst,
+    metrics = {"test/err": rerr / 2, "test/rerr_pgd": rerr, "test/rloss_pgd": rloss,
+               "test/rloss_pgd_train": rloss_train, "test/rerr_pgd_train": rerr / 3, "flatness/avg_rloss": avg,
+               "flatness/worst_rloss": worst,
                "flatness/avg_loss": avg_loss, "epoch": epochs - 1}
     (run / "metrics.json").write_text(json.dumps(metrics))
     writer = SummaryWriter(str(run))

@@ -14,7 +14,7 @@ from lit_robust.attacks import PGD
 from lit_robust.data import DigitsDataModule
 from lit_robust.errors import ConfigurationError
 from lit_robust.modules import PGDAT
-from tests.test_weight_averaging import close, snapshot, tiny_pgdat, tiny_trainer
+from tests.helpers import close, snapshot, tiny_pgdat, tiny_trainer
 
 
 class CountAttacks:

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from callbacks import RobustOverfitting
 from lit_robust.errors import ConfigurationError
 from lit_robust.modules import PGDAT
-from tests.test_weight_averaging import tiny_pgdat, tiny_trainer
+from tests.helpers import tiny_pgdat, tiny_trainer
 
 SCRIPT = [2.0, 1.2, 0.8, 0.9, 1.0, 1.1]  # held-out RLoss per epoch: minimum at epoch 2, then +37.5%
 

@@ -11,8 +11,7 @@ from lit_robust.models import SmallCNN
 from lit_robust.modules import RotationSelfSupervised
 from lit_robust.modules import rotation as rotation_module
 from lit_robust.modules.rotation import random_rotations, rotate
-from tests.test_entropy_sgd import robust_error_after_training
-from tests.test_variants import SMALL_ATTACKS
+from tests.helpers import SMALL_ATTACKS, robust_error_after_training
 
 
 def test_rotation_labels_match_the_rotations():
@@ -47,7 +46,7 @@ def test_loss_is_eq16_and_each_half_attacks_its_own_head(digits, monkeypatch):
         return images + 0.01
 
     module.train_attack = recording_attack
-    loss = module.training_step((x, y), 0)
+    loss = module.training_step((x, y), 0)["loss"]
     (classes, labels_1), (rotations, labels_2) = attacked
     assert classes == 10 and torch.equal(labels_1, y[:half])
     assert rotations == 4 and torch.equal(labels_2, r)
@@ -87,7 +86,7 @@ def test_pass_counts_with_pgd7(digits):
 
     module.model.features.register_forward_pre_hook(pre_hook)
     module.model.features[0][0].weight.register_hook(lambda grad: count("weights"))
-    module.training_step(next(iter(digits.train_dataloader())), 0).backward()
+    module.training_step(next(iter(digits.train_dataloader())), 0)["loss"].backward()
     # per half: 7 attack iterations + 1 for the update; in whole-batch passes 8 forward, 7 input-only backward
     assert counts == {"forward": 16, "input": 14, "weights": 1}
 

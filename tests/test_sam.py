@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_robust.modules import SAM
-from tests.test_variants import step_and_attack
+from tests.helpers import step_and_attack
 
 LR, RHO, ETA = 0.1, 0.05, 0.01
 

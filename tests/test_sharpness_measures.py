@@ -2,7 +2,6 @@
 relative flatness against exact Hessians, PAC-Bayes sigma' under sharpening, the model left as it was,
 bad settings, the monitor's names, and one process against two (DDP, gloo)."""
 
-import functools
 import math
 import os
 
@@ -22,6 +21,7 @@ from lit_robust.hessian_trace import hessian_trace
 from lit_robust.models import SmallCNN
 from lit_robust.pac_bayes import pac_bayes_flatness
 from lit_robust.relative_flatness import relative_flatness
+from tests.helpers import RandomImages, free_port, small_pgdat
 
 EPSILON, STEP = 0.1, 0.025
 
@@ -196,15 +196,13 @@ def test_bad_settings():
 
 def monitored(devices: int):
     """The test of a fixed (seeded) module with every measure beyond the paper's; the monitor's results."""
-    from tests.test_flatness_monitor import RandomImages, module
-
     monitor = FlatnessMonitor(measures=EXTRA_MEASURES, test_splits=("eval",), batch_size=16, test_examples=32,
                               test_samples=2, test_steps=2, test_restarts=1, test_hutchinson_samples=3,
                               pac_bayes_search_depth=3, pac_bayes_samples=1, parallel=1)
     trainer = Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       inference_mode=False, callbacks=[monitor], limit_test_batches=1)
-    trainer.test(module(), datamodule=RandomImages(batch_size=32, eval_batch_size=32), verbose=False)
+    trainer.test(small_pgdat(), datamodule=RandomImages(batch_size=32, eval_batch_size=32), verbose=False)
     return trainer, monitor
 
 
@@ -224,8 +222,6 @@ def ddp_worker(rank: int, world_size: int, port: int, directory: str) -> None:
 
 
 def test_one_and_two_processes_agree(tmp_path):
-    from tests.test_flatness_monitor import free_port
-
     _, monitor = monitored(1)
     single = {k: v.flatness for k, v in monitor.results.items()}
     mp.spawn(ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
@@ -285,7 +281,8 @@ def test_measures_config_runs_every_measure_from_the_command_line(tmp_path):
 
     at = os.path.join(ROOT, "configs", "digits", "at.yaml")
     config = os.path.join(ROOT, "configs", "callbacks", "measures.yaml")
-    code = run_train(["test", "--config", at, "--config", config, "--allow_untrained", "true", "--trainer.limit_test_batches", "1",
+    code = run_train(["test", "--config", at, "--config", config, "--allow_untrained", "true",
+                      "--trainer.limit_test_batches", "1",
                       "--trainer.enable_progress_bar", "false", "--model.init_args.model.init_args.width", "2",
                       "--model.init_args.test_steps", "1", "--model.init_args.test_restarts", "1",
                       "--model.init_args.test_on_train", "false", "--trainer.callbacks.test_splits", "[eval]",

@@ -89,7 +89,8 @@ AT, TRADES = (os.path.join(ROOT, "configs", "digits", name) for name in ("at.yam
 
 
 def test_local_launcher_runs_two_at_once_and_reports(tmp_path, caplog):
-    study = write_study(tmp_path, f"runs:\n  - {{name: at, configs: [{AT}]}}\n  - {{name: trades, configs: [{AT}, {TRADES}]}}\n",
+    study = write_study(tmp_path, f"runs:\n  - {{name: at, configs: [{AT}]}}\n"
+                                  f"  - {{name: trades, configs: [{AT}, {TRADES}]}}\n",
                         TINIEST_COMMON)
     out = tmp_path / "out"
     caplog.set_level("INFO")
@@ -112,7 +113,8 @@ def test_local_launcher_runs_two_at_once_and_reports(tmp_path, caplog):
 def test_debug_launcher_seeds_failure_report_and_resume(tmp_path, caplog):
     study = write_study(tmp_path, f"seeds: [0, 1]\nruns:\n  - {{name: at, configs: [{AT}]}}\n"
                                   f"  - {{name: trades, configs: [{AT}, {TRADES}]}}\n"
-                                  f"  - {{name: broken, configs: [{AT}], seeds: [3], args: [--trainer.max_epochs, x]}}\n"
+                                  f"  - {{name: broken, configs: [{AT}], seeds: [3], "
+                                  f"args: [--trainer.max_epochs, x]}}\n"
                                   f"  - {{name: student, configs: [{AT}], seeds: [0], after: [broken]}}\n")
     out = tmp_path / "out"
     caplog.set_level("INFO")
@@ -125,7 +127,7 @@ def test_debug_launcher_seeds_failure_report_and_resume(tmp_path, caplog):
         config = (out / name / "version_0" / "config.yaml").read_text()
         assert f"seed_everything: {name[-1]}" in config
     broken_log = out / "broken_seed3.log"
-    assert f"broken_seed3: FAILED" in caplog.text and str(broken_log) in caplog.text
+    assert "broken_seed3: FAILED" in caplog.text and str(broken_log) in caplog.text
     assert "error:" in broken_log.read_text() and "max_epochs" in broken_log.read_text()
     assert not (out / "broken_seed3" / "version_0" / "metrics.json").exists()
     # a run that comes after a failed one is not started, and is reported
@@ -194,7 +196,8 @@ def test_slurm_launcher_writes_one_array_job(tmp_path, monkeypatch):
 
 def test_runs_after_others_come_in_a_later_wave_and_name_their_checkpoints(tmp_path):
     study = {"runs": [{"name": "hat", "configs": ["a.yaml"], "after": ["standard"],
-                       "args": ["--model.init_args.standard_checkpoint", "{out}/standard/version_0/checkpoints/last.ckpt"]},
+                       "args": ["--model.init_args.standard_checkpoint",
+                                "{out}/standard/version_0/checkpoints/last.ckpt"]},
                       {"name": "standard", "configs": ["a.yaml"]}, {"name": "at", "configs": ["a.yaml"]}]}
     assert waves(study) == [["standard", "at"], ["hat"]]
     argv = command(study, study["runs"][0], Run("hat", "hat"), str(tmp_path), [])

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from callbacks import RobustEarlyStopping, StochasticWeightAveraging
 from callbacks.swa import EqualAverage
 from lit_robust.errors import ConfigurationError
-from tests.test_weight_averaging import close, snapshot, tiny_pgdat, tiny_trainer
+from tests.helpers import close, snapshot, tiny_pgdat, tiny_trainer
 
 SWA_START = 1
 

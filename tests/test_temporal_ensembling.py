@@ -90,7 +90,7 @@ def test_loss_on_a_fixed_batch_is_the_te_objective():
     attack = te.train_attack.run
     te.train_attack.run = lambda *a, **k: seen.setdefault("result", attack(*a, **k))
     te.train()
-    loss = te.training_step((x, y, index), 0)
+    loss = te.training_step((x, y, index), 0)["loss"]
     te.model.eval()
     with torch.no_grad():
         p_bar = 0.9 * previous[index] + 0.1 * F.softmax(te.model(x), dim=1)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from lit_robust.losses import trades_loss
 from lit_robust.models import SmallCNN
 from lit_robust.modules import TRADES
-from tests.test_variants import step_and_attack
+from tests.helpers import step_and_attack
 
 
 def reference_trades(clean_logits, adversarial_logits, y, lam):

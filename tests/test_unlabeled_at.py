@@ -15,24 +15,16 @@ from lit_robust.models import SmallCNN
 from lit_robust.modules import UnlabeledAT
 from tests.conftest import ROOT, run_train
 from tests.fakedata import write_cifar10
-from tests.test_entropy_sgd import robust_error_after_training, trainer
-from tests.test_variants import SMALL_ATTACKS, count_passes, small_network
-
-PSEUDO_LABEL = 7
-
-
-def small_digits(**kwargs):
-    return DigitsDataModule(held_out_size=64, eval_size=64, train_eval_size=64, **kwargs)
-
-
-def write_pseudo_labeled(path, count=40, images=None, labels=None):
-    """An .npz of pseudo-labelled 8x8 grey images: by default all white and labelled PSEUDO_LABEL."""
-    if images is None:
-        images = np.full((count, 8, 8, 1), 255, dtype=np.uint8)
-    if labels is None:
-        labels = np.full(len(images), PSEUDO_LABEL, dtype=np.int64)
-    np.savez(path, images=images, labels=labels)
-    return str(path)
+from tests.helpers import (
+    PSEUDO_LABEL,
+    SMALL_ATTACKS,
+    count_passes,
+    robust_error_after_training,
+    small_digits,
+    small_network,
+    trainer,
+    write_pseudo_labeled,
+)
 
 
 def test_batches_are_half_labelled_then_half_pseudo_labelled(tmp_path):
@@ -129,7 +121,7 @@ def test_loss_is_the_base_robust_loss_on_the_whole_batch(base_loss, digits):
     module.log_dict = lambda *a, **k: None
     x, y = next(iter(digits.train_dataloader()))
     torch.manual_seed(1)
-    loss = module.training_step((x, y), 0)
+    loss = module.training_step((x, y), 0)["loss"]
     torch.manual_seed(1)
     if base_loss == "at":
         x_adv = PGD(0.1, 0.025, 3, keep_best=False)(module.model, x, y)

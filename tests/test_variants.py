@@ -4,43 +4,41 @@ The pass counts are the ones the variants' docstrings state; they fail if a vari
 or backward pass beyond its algorithm.
 """
 
-import os
-
 import pytest
 import torch
-from pytorch_lightning import Callback, Trainer
-from torch import nn
+from pytorch_lightning import Trainer
 
 from lit_robust.errors import ConfigurationError
 from lit_robust.models import SmallCNN
-from lit_robust.modules import (AMP, AWP, HAT, KDSWA, MART, PGDAT, SAM, TRADES, Consistency, FastAT,
-                                StandardTraining, TemporalEnsembling)
+from lit_robust.modules import (
+    AMP,
+    AWP,
+    HAT,
+    KDSWA,
+    MART,
+    PGDAT,
+    SAM,
+    TRADES,
+    Consistency,
+    FastAT,
+    StandardTraining,
+    TemporalEnsembling,
+)
+from tests.helpers import (
+    SMALL_ATTACKS,
+    VARIANTS,
+    SaveWeightsPerRank,
+    count_passes,
+    fit_and_test,
+    small_network,
+    teachers,
+)
 
-TEACHERS = dict(robust_teacher=SmallCNN(width=8), standard_teacher=SmallCNN(width=8))
-SMALL_ATTACKS = dict(epsilon=0.1, step_size=0.025, val_steps=3, val_restarts=1, test_steps=5, test_restarts=2)
+TEACHERS = teachers()
 
 
-def count_passes(module, batch):
-    """(forward passes, backward passes reaching the input, backward passes reaching the weights) of one step."""
-    counts = {"forward": 0, "input": 0, "weights": 0}
-
-    def bump(key):
-        counts[key] += 1
-
-    def pre_hook(_, args):
-        bump("forward")
-        if args[0].requires_grad:
-            args[0].register_hook(lambda grad: bump("input"))
-
-    module.model.register_forward_pre_hook(pre_hook)
-    first_weight = next(module.model.parameters())
-    first_weight.register_hook(lambda grad: bump("weights"))
-    module.log_dict = lambda *a, **k: None
-    module.training_step(batch, 0).backward()
-    return counts["forward"], counts["input"], counts["weights"]
-
-
-@pytest.mark.parametrize("cls, kwargs, expected", [
+# forward passes, input-only backward passes, full backward passes of one PGD-7 step: one row per variant
+PASSES = [
     (PGDAT, {}, (8, 7, 1)),
     (TRADES, {}, (10, 7, 1)),  # + the attack's clean target, + clean pass of the update
     (MART, {}, (9, 7, 1)),  # + clean pass of the update
@@ -57,7 +55,17 @@ def count_passes(module, batch):
     (SAM, {}, (9, 7, 2)),  # + ascent pass at w, as AWP
     (SAM, dict(adaptive=True), (9, 7, 2)),
     (HAT, dict(standard_model=SmallCNN(width=8)), (11, 7, 1)),  # TRADES' + helper pass (+ 1 of the standard network)
-], ids=lambda v: v.__name__ if isinstance(v, type) else None)
+]
+# variants whose pass counts need more than one batch (EntropySGD: a fit) or a data module of their own
+COUNTED_IN_THEIR_OWN_FILE = {"EntropySGD", "FriendlyAT", "UnlabeledAT", "RotationSelfSupervised"}
+
+
+def test_every_variant_has_its_pass_count():
+    counted = {cls.__name__ for cls, _, _ in PASSES} | COUNTED_IN_THEIR_OWN_FILE
+    assert counted == {cls.__name__ for cls in VARIANTS}
+
+
+@pytest.mark.parametrize("cls, kwargs, expected", PASSES, ids=lambda v: v.__name__ if isinstance(v, type) else None)
 def test_passes_per_step_with_pgd7(cls, kwargs, expected, digits):
     torch.manual_seed(0)
     module = cls(SmallCNN(width=8), train_steps=7, **SMALL_ATTACKS, **kwargs)
@@ -69,29 +77,6 @@ def test_passes_per_step_with_pgd7(cls, kwargs, expected, digits):
     if digits.train_views > 1:
         batch = next(iter(digits.train_dataloader()))
     assert count_passes(module, batch) == expected
-
-
-def step_and_attack(module, batch):
-    """One training step of ``module`` in train mode; its loss and what its training attack returned."""
-    module.train()
-    module.log_dict = lambda *a, **k: None
-    seen = {}
-    original = module.train_attack.run
-    module.train_attack.run = lambda *a, **k: seen.__setitem__("result", original(*a, **k)) or seen["result"]
-    return module.training_step(batch, 0), seen["result"]
-
-
-def small_network():
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-
-
-def fit_and_test(module, datamodule, root, max_epochs=4):
-    """Train ``module`` in one CPU process without validation, then test it; the test metrics."""
-    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False, enable_progress_bar=False,
-                      enable_checkpointing=False, enable_model_summary=False, inference_mode=False,
-                      limit_val_batches=0, default_root_dir=str(root))
-    trainer.fit(module, datamodule=datamodule)
-    return trainer.test(module, datamodule=datamodule, verbose=False)[0]
 
 
 @pytest.mark.parametrize("cls", [TRADES, MART, AWP, AMP, FastAT, SAM], ids=lambda c: c.__name__)
@@ -133,17 +118,6 @@ def test_standard_training_is_accurate_but_not_robust(digits, tmp_path):
 def test_bad_settings_fail_at_construction(cls, kwargs, setting):
     with pytest.raises(ConfigurationError, match=f"^{setting}="):
         cls(SmallCNN(width=8), **kwargs)
-
-
-class SaveWeightsPerRank(Callback):
-    """Writes this process's final weights to ``rank<r>.pt`` in ``directory``."""
-
-    def __init__(self, directory):
-        self.directory = directory
-
-    def on_train_end(self, trainer, pl_module):
-        weights = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
-        torch.save(weights, os.path.join(self.directory, f"rank{trainer.global_rank}.pt"))
 
 
 @pytest.mark.parametrize("cls", [AWP, AMP], ids=lambda c: c.__name__)

@@ -2,46 +2,18 @@
 Lightning's hooks: validation (with every callback, before or after it in the list), checkpoints and
 test see the averaged weights; training continues from the current ones."""
 
-import functools
 import pickle
 
 import pytest
 import torch
-from pytorch_lightning import Callback, Trainer, seed_everything
+from pytorch_lightning import Callback
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from callbacks import ExponentialMovingAverage, RobustEarlyStopping, WeightAveraging
 from lit_robust.errors import ConfigurationError
-from lit_robust.models import SmallCNN
-from lit_robust.modules import PGDAT
+from tests.helpers import close, snapshot, tiny_pgdat, tiny_trainer
 
 DECAY = 0.8
-
-
-def tiny_pgdat(cls=PGDAT, **kwargs):
-    """PGDAT (or a subclass) with a 4-channel SmallCNN and 1-step attacks: fast, with batch normalisation."""
-    seed_everything(0)
-    settings = dict(epsilon=0.1, step_size=0.1, train_steps=1, val_steps=1, val_restarts=1, test_steps=1,
-                    test_restarts=1, test_on_train=False,
-                    optimizer=functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9))
-    settings.update(kwargs)
-    return cls(SmallCNN(width=4), **settings)
-
-
-def tiny_trainer(callbacks, **kwargs):
-    settings = dict(max_epochs=2, limit_train_batches=3, limit_val_batches=1, limit_test_batches=1,
-                    accelerator="cpu", inference_mode=False, logger=False, enable_progress_bar=False,
-                    enable_model_summary=False, num_sanity_val_steps=0, enable_checkpointing=False)
-    settings.update(kwargs)
-    return Trainer(callbacks=callbacks, **settings)
-
-
-def close(state, reference, atol=1e-6):
-    return all(torch.allclose(state[name].float(), value.float(), atol=atol) for name, value in reference.items())
-
-
-def snapshot(module):
-    return {name: value.detach().clone() for name, value in module.state_dict().items()}
 
 
 class Reference(Callback):

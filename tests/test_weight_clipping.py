@@ -11,7 +11,7 @@ from pytorch_lightning import Callback
 from callbacks import WeightAveraging, WeightClipping
 from lit_robust.errors import ConfigurationError
 from lit_robust.weights import select_parameters
-from tests.test_weight_averaging import tiny_pgdat, tiny_trainer
+from tests.helpers import tiny_pgdat, tiny_trainer
 
 W_MAX = 0.02
 LR = 0.1

@@ -6,8 +6,16 @@ from torch import nn
 
 from lit_robust.errors import ConfigurationError
 from lit_robust.models import SmallCNN
-from lit_robust.weights import (Neighbourhood, gaussian_direction, layer_norms, names_and_weights,
-                                normalize_direction, perturbed, select_parameters)
+from lit_robust.weights import (
+    Neighbourhood,
+    gaussian_direction,
+    layer_norms,
+    names_and_weights,
+    network_at,
+    normalize_direction,
+    perturbed,
+    select_parameters,
+)
 
 
 def network() -> nn.Module:
@@ -151,3 +159,18 @@ def test_radii_are_relative_to_the_original_weights():
     assert all(torch.allclose(r, 0.5 * n) for r, n in zip(neighbourhood.radii, layer_norms(weights)))
     with pytest.raises(ConfigurationError, match="xi"):
         Neighbourhood(weights, xi=0.0)
+
+
+def test_network_at_w_plus_nu_is_the_network_with_nu_added_and_changes_nothing():
+    model = network().eval()
+    names, weights = names_and_weights(model)
+    nu = gaussian_direction(weights, torch.Generator().manual_seed(1))
+    before = {name: w.detach().clone() for name, w in model.named_parameters()}
+    x = torch.rand(5, 1, 8, 8)
+    logits = network_at(model, names, weights, nu)(x)
+    assert all(torch.equal(w, before[name]) for name, w in model.named_parameters())  # never in place
+    with perturbed(weights, nu), torch.no_grad():
+        expected = model(x)
+    assert torch.allclose(logits, expected, atol=1e-6)
+    logits.sum().backward()  # the gradient reaches w
+    assert all(w.grad is not None for w in weights)

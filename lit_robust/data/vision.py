@@ -13,8 +13,8 @@ is constructed, before a trainer writes anything, with the directory, the files 
 and how to get them.
 """
 
-from abc import ABC, abstractmethod
 import os
+from abc import ABC, abstractmethod
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np

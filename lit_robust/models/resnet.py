@@ -92,6 +92,7 @@ class ResNet(nn.Module):
                  mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD) -> None:
         super().__init__()
         check(num_classes >= 2, "num_classes", num_classes, "an integer >= 2")
+        self.num_classes = num_classes  # the output size, checked against the data module's
         check(width >= 1, "width", width, "an integer >= 1")
         check(0 <= dropout < 1, "dropout", dropout, "a probability in [0, 1)")
         check(len(mean) == in_channels and len(std) == in_channels, "mean/std", (mean, std),

@@ -40,6 +40,7 @@ class SmallCNN(nn.Module):
                  dropout: float = 0.0, mean: Sequence[float] = DIGITS_MEAN, std: Sequence[float] = DIGITS_STD) -> None:
         super().__init__()
         check(num_classes >= 2, "num_classes", num_classes, "an integer >= 2")
+        self.num_classes = num_classes  # the output size, checked against the data module's
         check(width >= 1, "width", width, "an integer >= 1")
         check(0 <= dropout < 1, "dropout", dropout, "a probability in [0, 1)")
         kwargs = activation_kwargs or {}

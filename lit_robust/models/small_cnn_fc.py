@@ -39,6 +39,7 @@ class SmallCNNFC(nn.Module):
                  mean: Sequence[float] = DIGITS_MEAN, std: Sequence[float] = DIGITS_STD) -> None:
         super().__init__()
         check(num_classes >= 2, "num_classes", num_classes, "an integer >= 2")
+        self.num_classes = num_classes  # the output size, checked against the data module's
         check(image_size >= 2 and image_size % 2 == 0, "image_size", image_size, "an even integer >= 2")
         check(width >= 1, "width", width, "an integer >= 1")
         check(hidden >= 1, "hidden", hidden, "an integer >= 1")

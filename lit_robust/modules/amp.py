@@ -1,11 +1,12 @@
 """AT-AMP, adversarial training with adversarial model perturbation (Yan et al.; papers/002 Algorithm 1, Eq. 9)."""
 
-from typing import Any, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 import torch
 from torch import Tensor
 
 from lit_robust.errors import check
+from lit_robust.modules.base import step_output
 from lit_robust.modules.objectives import BaseLossModule
 from lit_robust.modules.weight_perturbation import forward_at, mean_over_processes, running_stats_unchanged
 from lit_robust.weights import perturbed, trainable_parameters
@@ -54,7 +55,7 @@ class AMP(BaseLossModule):
               "an integer >= 1")
         super().__init__(*args, **kwargs)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         h = self.hparams
         names, theta = trainable_parameters(self.model)
@@ -72,8 +73,7 @@ class AMP(BaseLossModule):
                 logits_at_theta = adversarial_logits
         # outer minimisation: the gradient at theta + Delta updates theta
         loss, _ = self.robust_loss(forward_at(self.model, names, theta, delta), x, x_adv, y)
-        self.log_training(loss, logits_at_theta, y)
-        return loss
+        return step_output(loss, logits_at_theta, y)
 
 
 def project_onto_ball(delta: Sequence[Tensor], radius: float) -> List[Tensor]:

@@ -1,11 +1,12 @@
 """AT-AWP, adversarial training with adversarial weight perturbations (Wu et al. 2020; papers/001 Eq. 12)."""
 
-from typing import Any
+from typing import Any, Dict
 
 import torch
 from torch import Tensor
 
 from lit_robust.errors import check, check_choice
+from lit_robust.modules.base import step_output
 from lit_robust.modules.objectives import BaseLossModule
 from lit_robust.modules.weight_perturbation import forward_at, mean_over_processes, running_stats_unchanged
 from lit_robust.weights import Selection, names_and_weights, normalize_direction
@@ -62,15 +63,14 @@ class AWP(BaseLossModule):
         check_choice(which, "which", ("weights", "all"))
         super().__init__(*args, **kwargs)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         h = self.hparams
         # inner maximisation over the input, at w
         x_adv = self.train_attack(self.model, x, y)
         if self.current_epoch < h.warmup_epochs:  # warm-up: the base loss at w, no weight perturbation
             loss, adversarial_logits = self.robust_loss(self.model, x, x_adv, y)
-            self.log_training(loss, adversarial_logits, y)
-            return loss
+            return step_output(loss, adversarial_logits, y)
         # inner maximisation over the weights (Eq. 12): one ascent step of size xi, normalised per layer
         names, weights = names_and_weights(self.model, h.which)
         with running_stats_unchanged(self.model):
@@ -79,5 +79,4 @@ class AWP(BaseLossModule):
         nu = normalize_direction(gradient, weights, per="layer", scale=h.xi)
         # outer minimisation: the gradient of the base loss at w + nu updates w
         loss, _ = self.robust_loss(forward_at(self.model, names, weights, nu), x, x_adv, y)
-        self.log_training(loss, adversarial_logits, y)
-        return loss
+        return step_output(loss, adversarial_logits, y)

@@ -5,28 +5,41 @@ test as the paper's protocol (papers/001 Sec. F): validation = clean + PGD on th
 (``val/err``, ``val/loss``, ``val/rerr``, ``val/rloss``); test = clean + PGD-20 with 10 restarts,
 worst case per example, on the evaluation split (``test/err``, ``test/loss``, ``test/rerr_pgd``,
 ``test/rloss_pgd``), the same on the train-eval split (suffix ``_train``), and optionally the
-official AutoAttack (``test/rerr_aa``). At the end of a test the test metrics, and whatever
-callbacks logged on test (flatness), are written to ``metrics.json`` in the run's log directory.
+official AutoAttack (``test/rerr_aa``). ``train.py`` writes the test metrics, and whatever callbacks
+logged on test (flatness), to ``metrics.json`` in the run's log directory
+(:class:`~callbacks.metrics_file.MetricsFile`).
 
-Variants override :meth:`training_step` with their own inner maximisation and outer loss.
+Variants override :meth:`training_step` with their own inner maximisation and outer loss and return
+:func:`step_output` (the loss, the adversarial logits and the labels); what every variant shares acts
+by construction in the base class's hooks: the training metrics (:meth:`~AdversarialModule.log_training`
+from ``on_train_batch_end``), the L1 penalty (``on_after_backward``) and the stop on a non-finite loss
+(``on_before_backward``).
 """
 
-import json
+import dataclasses
 import logging
 import os
 import random
-from typing import Any, Dict, Literal, Optional
+from typing import Any, Dict, Literal, Mapping, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_lightning import LightningModule
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from lit_robust.attacks import PGD, Norm, check_step_size, check_threat_model, require_input_gradients
+from lit_robust.attacks import (
+    PAPER_EPSILON,
+    PAPER_STEP_SIZE,
+    PGD,
+    Norm,
+    ThreatModel,
+    check_step_size,
+    check_threat_model,
+    require_input_gradients,
+)
 from lit_robust.errors import check, check_choice
 from lit_robust.evaluation import AutoAttackVersion, autoattack_wrong, clean_and_robust, evaluate, loader, shard
 from lit_robust.sanity import check_gradient_masking, check_input_range
@@ -56,6 +69,13 @@ def set_random_states(states: Dict[str, Any]) -> None:
                          numpy["cached_gaussian"]))
     if "torch.cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["torch.cuda"])
+
+
+def step_output(loss: Tensor, adversarial_logits: Tensor, y: Tensor) -> Dict[str, Tensor]:
+    """What every variant's ``training_step`` returns: the objective ``loss`` (Lightning minimises it) and,
+    for the training metrics that :meth:`AdversarialModule.log_training` logs, the ``adversarial_logits`` of
+    the training adversarial examples and their labels ``y``."""
+    return {"loss": loss, "adversarial_logits": adversarial_logits, "y": y}
 
 
 def paper_sgd(params) -> torch.optim.Optimizer:
@@ -96,7 +116,8 @@ class AdversarialModule(LightningModule):
     def __init__(self, model: nn.Module, optimizer: OptimizerCallable = paper_sgd,
                  lr_scheduler: Optional[LRSchedulerCallable] = None,
                  lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
-                 epsilon: float = 8 / 255, step_size: float = 0.007, norm: Norm = "linf", train_steps: int = 7,
+                 epsilon: float = PAPER_EPSILON, step_size: float = PAPER_STEP_SIZE, norm: Norm = "linf",
+                 train_steps: int = 7,
                  val_steps: int = 7, val_restarts: int = 5, test_steps: int = 20, test_restarts: int = 10,
                  test_on_train: bool = True, autoattack: bool = False,
                  autoattack_version: AutoAttackVersion = "standard", train_epsilon: Optional[float] = None,
@@ -107,8 +128,8 @@ class AdversarialModule(LightningModule):
         check(callable(optimizer) and not isinstance(optimizer, torch.optim.Optimizer), "optimizer",
               type(optimizer).__name__, "a factory of the optimiser, called with the parameters (e.g. "
               "functools.partial(torch.optim.SGD, lr=0.05)), not an optimiser built already")
-        check(lr_scheduler is None or (callable(lr_scheduler) and not isinstance(lr_scheduler, (torch.optim.lr_scheduler.LRScheduler,
-                                                                            torch.optim.lr_scheduler.ReduceLROnPlateau))), "lr_scheduler",
+        built = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        check(lr_scheduler is None or (callable(lr_scheduler) and not isinstance(lr_scheduler, built)), "lr_scheduler",
               type(lr_scheduler).__name__, "a factory of the scheduler, called with the optimiser (e.g. "
               "functools.partial(torch.optim.lr_scheduler.StepLR, step_size=30)), or null")
         check(l1_penalty >= 0, "l1_penalty", l1_penalty, "a number >= 0")
@@ -124,8 +145,8 @@ class AdversarialModule(LightningModule):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.train_attack = self.make_train_attack()
-        self.val_attack = PGD(epsilon, step_size, val_steps, restarts=val_restarts, norm=norm)
-        self.test_attack = PGD(epsilon, step_size, test_steps, restarts=test_restarts, norm=norm)
+        self.val_attack = PGD(**self.attack_arguments(self.threat_model, val_steps), restarts=val_restarts)
+        self.test_attack = PGD(**self.attack_arguments(self.threat_model, test_steps), restarts=test_restarts)
         self.val_metrics = nn.ModuleDict({name: MeanMetric() for name in ("err", "loss", "rerr", "rloss")})
         self.test_metrics = nn.ModuleDict({name: MeanMetric() for name in ("err", "loss", "rerr_pgd", "rloss_pgd",
                                                                            "rerr_aa")})
@@ -136,25 +157,68 @@ class AdversarialModule(LightningModule):
             self.model.compile()
 
     @property
+    def threat_model(self) -> ThreatModel:
+        """The threat model of evaluation (``epsilon``, ``step_size``, ``norm``): the validation and test attacks',
+        AutoAttack's and that of every callback that attacks."""
+        h = self.hparams
+        return ThreatModel(h.epsilon, h.step_size, h.norm)
+
+    @property
     def training_epsilon(self) -> float:
         """Epsilon of the training attack: ``train_epsilon`` where given, else ``epsilon``."""
         return self.hparams.train_epsilon or self.hparams.epsilon
 
+    @property
+    def train_threat_model(self) -> ThreatModel:
+        """The threat model of the training attack: :attr:`threat_model` with :attr:`training_epsilon`."""
+        return dataclasses.replace(self.threat_model, epsilon=self.training_epsilon)
+
+    @staticmethod
+    def attack_arguments(threat_model: ThreatModel, steps: int) -> Dict[str, Any]:
+        """The arguments every PGD of a module shares: the threat model's and the number of iterations."""
+        return dict(epsilon=threat_model.epsilon, step_size=threat_model.step_size, steps=steps,
+                    norm=threat_model.norm)
+
+    def train_attack_arguments(self) -> Dict[str, Any]:
+        """The arguments of every training PGD: :attr:`train_threat_model` and ``train_steps`` iterations."""
+        return self.attack_arguments(self.train_threat_model, self.hparams.train_steps)
+
     def make_train_attack(self) -> PGD:
         """The training attack: PGD on cross-entropy, last iterate (Madry et al.); variants override."""
-        h = self.hparams
-        return PGD(self.training_epsilon, h.step_size, h.train_steps, norm=h.norm, keep_best=False)
+        return PGD(**self.train_attack_arguments(), keep_best=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
-    def log_training(self, loss: Tensor, adversarial_logits: Tensor, y: Tensor) -> None:
-        """Log ``train/loss`` (the objective), ``train/rloss`` and ``train/rerr`` on the training adversarial examples:
-        the epoch's means under these names, each step's values as ``train_step/loss`` etc."""
+    def on_train_batch_end(self, outputs: Optional[Mapping[str, Any]], batch: Any, batch_idx: int) -> None:
+        """Log the training metrics from what :meth:`training_step` returned (see :meth:`log_training`): one
+        place for every variant, so that no variant has to remember it."""
+        if outputs is not None:
+            self.log_training(outputs)
+
+    def log_training(self, outputs: Mapping[str, Any]) -> None:
+        """Log ``train/loss`` (the objective), ``train/rloss`` and ``train/rerr`` on the training adversarial
+        examples: the epoch's means under these names, each step's values as ``train_step/loss`` etc.
+
+        Args:
+            outputs: what :meth:`training_step` returned, a :func:`step_output` dictionary: ``loss`` (the
+                objective), ``adversarial_logits`` (the logits of the training adversarial examples) and ``y``
+                (their labels). Under automatic optimisation Lightning hands ``loss`` on divided by
+                ``accumulate_grad_batches``; the objective itself is logged.
+        """
+        missing = {"loss", "adversarial_logits", "y"} - set(outputs)
+        if missing:
+            raise TypeError(f"{type(self).__name__}.training_step must return step_output(loss, adversarial_logits, "
+                            f"y) (a dictionary with loss, adversarial_logits and y); {sorted(missing)} missing")
+        loss = outputs["loss"].detach()
+        accumulated = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        if self.automatic_optimization and accumulated > 1:
+            loss = loss * accumulated
+        adversarial_logits, y = outputs["adversarial_logits"].detach(), outputs["y"]
         with torch.no_grad():
             rloss = F.cross_entropy(adversarial_logits.float(), y)
             rerr = (adversarial_logits.argmax(dim=1) != y).float().mean()
-        values = {"loss": loss.detach(), "rloss": rloss, "rerr": rerr}
+        values = {"loss": loss, "rloss": rloss, "rerr": rerr}
         # the epoch's means under the plain names (train/loss), each step's values beside them (train_step/loss)
         self.log_dict({f"train/{name}": value for name, value in values.items()}, on_step=False, on_epoch=True)
         self.log_dict({f"train_step/{name}": value for name, value in values.items()}, on_step=True, on_epoch=False)
@@ -191,7 +255,7 @@ class AdversarialModule(LightningModule):
             self.test_metrics[key].update(values[name])
             self.log(f"test/{key}", self.test_metrics[key], on_epoch=True)
         if self.hparams.autoattack:
-            broken = autoattack_wrong(self.model, x, y, self.hparams.epsilon, self.hparams.norm,
+            broken = autoattack_wrong(self.model, x, y, self.threat_model.epsilon, self.threat_model.norm,
                                       self.hparams.autoattack_version)
             self.test_metrics["rerr_aa"].update(broken.float())
             self.log("test/rerr_aa", self.test_metrics["rerr_aa"], on_epoch=True)
@@ -210,16 +274,30 @@ class AdversarialModule(LightningModule):
                 predictions["adversarial_labels"] = self.model(x_adv).argmax(dim=1)
         return predictions
 
+    def check_network_fits_data(self) -> None:
+        """Raise :class:`~lit_robust.errors.ConfigurationError` when the network's output size (its
+        ``num_classes``, which every network of :mod:`lit_robust.models` has) differs from the data module's
+        ``num_classes``; a network without ``num_classes`` or a run without data module is not checked."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        expected, given = getattr(datamodule, "num_classes", None), getattr(self.model, "num_classes", None)
+        if expected is not None and given is not None:
+            check(int(given) == int(expected), "model.num_classes", given,
+                  f"the data module's num_classes, {expected} ({type(datamodule).__name__})")
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if batch_idx == 0:
-            check_input_range(batch[0])
+            self.check_network_fits_data()
+            for x in batch[0] if isinstance(batch[0], (list, tuple)) else [batch[0]]:  # one or several views
+                check_input_range(x)
 
     def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0:
+            self.check_network_fits_data()
             check_input_range(batch[0])
 
     def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0:
+            self.check_network_fits_data()
             x, y = batch[0], batch[1]
             check_input_range(x)
             require_input_gradients()
@@ -235,29 +313,6 @@ class AdversarialModule(LightningModule):
         count = totals.pop("count")
         names = {"err": "err_train", "loss": "loss_train", "rerr": "rerr_pgd_train", "rloss": "rloss_pgd_train"}
         self.log_dict({f"test/{names[k]}": v / count for k, v in totals.items()}, sync_dist=False)
-
-    def on_test_end(self) -> None:
-        # trainer.log_dir is a collective call: every rank asks, rank zero writes
-        self.write_metrics(self.trainer.log_dir or self.trainer.default_root_dir)
-
-    @rank_zero_only
-    def write_metrics(self, directory: str) -> None:
-        """Add the test and flatness metrics of this test to ``metrics.json`` in ``directory``."""
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, "metrics.json")
-        metrics: Dict[str, Any] = {}
-        if os.path.exists(path):
-            with open(path) as f:
-                metrics = json.load(f)
-        for name, value in self.trainer.callback_metrics.items():
-            if name.startswith(("test/", "flatness/", "early_stopping/", "robust_overfitting/")):
-                metrics[name] = float(value)
-        metrics["epoch"] = self.current_epoch
-        metrics["global_step"] = self.global_step
-        metrics["ckpt_path"] = self.trainer.ckpt_path
-        with open(path, "w") as f:
-            json.dump(metrics, f, indent=2, sort_keys=True)
-        rank_zero_info(f"Test metrics written to {path}")
 
     def on_before_backward(self, loss: Tensor) -> None:
         """Stop at once on a non-finite training loss: before the backward pass, so that neither the

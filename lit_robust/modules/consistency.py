@@ -1,6 +1,6 @@
 """Consistency regularisation for adversarial training (Tack et al., AAAI 2022)."""
 
-from typing import Any
+from typing import Any, Dict
 
 import torch
 import torch.nn.functional as F
@@ -9,7 +9,7 @@ from torch import Tensor
 from lit_robust.data.base import AdversarialDataModule
 from lit_robust.errors import ConfigurationError, check
 from lit_robust.losses import jensen_shannon
-from lit_robust.modules.base import AdversarialModule
+from lit_robust.modules.base import AdversarialModule, step_output
 
 
 class Consistency(AdversarialModule):
@@ -66,7 +66,7 @@ class Consistency(AdversarialModule):
                     f"to {type(self).__name__}.")
             datamodule.train_views = self.train_views
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         views, y = batch
         if not (isinstance(views, (list, tuple)) and len(views) == self.train_views):
             raise ConfigurationError(
@@ -82,5 +82,4 @@ class Consistency(AdversarialModule):
         logits_1, logits_2 = logits.chunk(self.train_views)
         h = self.hparams
         loss = F.cross_entropy(logits, y_views) + h.lam * jensen_shannon(logits_1, logits_2, h.temperature)
-        self.log_training(loss, logits, y_views)
-        return loss
+        return step_output(loss, logits, y_views)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_robust.errors import check
-from lit_robust.modules.base import AdversarialModule
+from lit_robust.modules.base import AdversarialModule, step_output
 from lit_robust.weights import perturbed
 
 
@@ -82,7 +82,7 @@ class EntropySGD(AdversarialModule):
         """The tensors Entropy-SGD updates: every trainable parameter of the network."""
         return [w for w in self.model.parameters() if w.requires_grad]
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         weights = self.weights()
         if self.langevin_count == 0:
@@ -98,8 +98,7 @@ class EntropySGD(AdversarialModule):
         self.langevin_step(weights)
         if self.langevin_count >= self.hparams.langevin_steps:
             self.local_entropy_step(weights)
-        self.log_training(loss, logits, y)
-        return loss
+        return step_output(loss, logits, y)
 
     def scope(self) -> float:
         """gamma = gamma_0 (1 + gamma_1)^t after t updates of x."""

@@ -1,12 +1,12 @@
 """Friendly adversarial training, PGD-tau (Zhang et al. 2020; papers/001 Sec. G)."""
 
-from typing import Any
+from typing import Any, Dict
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from lit_robust.attacks import FriendlyPGD
-from lit_robust.modules.base import AdversarialModule
+from lit_robust.modules.base import AdversarialModule, step_output
 
 
 class FriendlyAT(AdversarialModule):
@@ -33,15 +33,13 @@ class FriendlyAT(AdversarialModule):
 
     def make_train_attack(self) -> FriendlyPGD:
         """Early-stopped PGD-K-tau from x, last iterate, eval mode."""
-        h = self.hparams
-        return FriendlyPGD(self.training_epsilon, h.step_size, h.train_steps, tau=h.tau, norm=h.norm)
+        return FriendlyPGD(**self.train_attack_arguments(), tau=self.hparams.tau)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         # inner maximisation, stopped tau iterations after each example's label flips
         x_adv = self.train_attack(self.model, x, y)
         # outer minimisation: cross-entropy on the friendly adversarial examples
         logits = self.model(x_adv)
         loss = F.cross_entropy(logits, y)
-        self.log_training(loss, logits, y)
-        return loss
+        return step_output(loss, logits, y)

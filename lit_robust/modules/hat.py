@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from lit_robust.attacks import PGD
 from lit_robust.errors import ConfigurationError, check
 from lit_robust.losses import trades_loss
-from lit_robust.modules.base import AdversarialModule
+from lit_robust.modules.base import AdversarialModule, step_output
 from lit_robust.modules.objectives import base_attack
 
 
@@ -71,8 +71,9 @@ class HAT(AdversarialModule):
     standard (clean-trained) network f_std on the adversarial example. Helper examples teach the
     network that beyond the adversarial example the label may change, which reduces the excessive
     margin TRADES and AT give along adversarial directions. Defaults are the official code's for
-    CIFAR-10 (imrahulr/hat, its README's CIFAR-10 command and h's default): beta = 2.5, gamma = 0.5, h = 2; as there, the helper examples are
-    not clamped to [0, 1], and the three forward passes of the loss run one after the other.
+    CIFAR-10 (imrahulr/hat, its README's CIFAR-10 command and h's default): beta = 2.5, gamma = 0.5, h = 2;
+    as there, the helper examples are not clamped to [0, 1], and the three forward passes of the loss run one
+    after the other.
 
     The standard network comes from ``standard_checkpoint``, a checkpoint of this library (e.g. of a
     :class:`~lit_robust.modules.standard.StandardTraining` run; its ``model.`` tensors are read) or
@@ -118,8 +119,7 @@ class HAT(AdversarialModule):
 
     def make_train_attack(self) -> PGD:
         """TRADES' attack: PGD on KL(f(x) || f(x + delta)) from 0.001 * N(0, 1), last iterate, eval mode."""
-        h = self.hparams
-        return base_attack("trades", self.training_epsilon, h.step_size, h.train_steps, h.norm)
+        return base_attack("trades", **self.train_attack_arguments())
 
     def standard_network(self) -> FrozenNetwork:
         """f_std, loaded from ``standard_checkpoint`` on first use."""
@@ -141,7 +141,7 @@ class HAT(AdversarialModule):
         if stage == "fit":
             self.standard_network()  # a bad checkpoint fails before training starts
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         h = self.hparams
         # inner maximisation: TRADES' adversarial example, the helper example and its label
@@ -154,5 +154,4 @@ class HAT(AdversarialModule):
         helper_logits = self.model(x_helper)
         loss = trades_loss(clean_logits, adversarial_logits, y, h.beta) + h.gamma * F.cross_entropy(helper_logits,
                                                                                                      y_helper)
-        self.log_training(loss, adversarial_logits, y)
-        return loss
+        return step_output(loss, adversarial_logits, y)

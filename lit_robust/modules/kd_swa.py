@@ -3,14 +3,14 @@
 import copy
 import os
 import warnings
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_robust.errors import check
-from lit_robust.modules.base import AdversarialModule
+from lit_robust.modules.base import AdversarialModule, step_output
 
 Teacher = Union[str, nn.Module]
 
@@ -108,7 +108,7 @@ class KDSWA(AdversarialModule):
             teacher = network
         return teacher.requires_grad_(False).eval()
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         h = self.hparams
         # inner maximisation: PGD-AT's, on the student
@@ -121,5 +121,4 @@ class KDSWA(AdversarialModule):
         loss = ((1 - h.robust_weight - h.standard_weight) * F.cross_entropy(logits, y)
                 + h.robust_weight * distillation_loss(logits, robust_logits, h.temperature)
                 + h.standard_weight * distillation_loss(logits, standard_logits, h.temperature))
-        self.log_training(loss, logits, y)
-        return loss
+        return step_output(loss, logits, y)

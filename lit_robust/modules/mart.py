@@ -1,17 +1,15 @@
 """MART, misclassification-aware adversarial training (Wang et al. 2020; papers/001 Eq. 14-15)."""
 
-from typing import Any
+from typing import Any, Dict
 
 from torch import Tensor
 
-from lit_robust.attacks import PGD
 from lit_robust.errors import check
-from lit_robust.losses import mart_loss
-from lit_robust.modules.base import AdversarialModule
-from lit_robust.modules.objectives import base_attack
+from lit_robust.modules.base import step_output
+from lit_robust.modules.objectives import ObjectiveModule
 
 
-class MART(AdversarialModule):
+class MART(ObjectiveModule):
     """min_w E[BCE(f(x_adv; w), y) + lambda * KL(f(x; w) || f(x_adv; w)) * (1 - f_y(x; w))] (Eq. 15).
 
     BCE is the binary cross-entropy of Eq. 14, -log f_y - log(1 - max_{y' != y} f_{y'}); x_adv
@@ -34,18 +32,13 @@ class MART(AdversarialModule):
         check(lam >= 0, "lam", lam, "a number >= 0 (the paper uses 1, 3, 6 or 9)")
         super().__init__(*args, **kwargs)
 
-    def make_train_attack(self) -> PGD:
-        """PGD on cross-entropy from 0.001 * N(0, 1), last iterate, eval mode."""
-        h = self.hparams
-        return base_attack("mart", self.training_epsilon, h.step_size, h.train_steps, h.norm)
+    # the training attack: PGD on cross-entropy from 0.001 * N(0, 1), last iterate, eval mode
+    objective = "mart"
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         # inner maximisation: max_delta CE(f(x + delta), y)
         x_adv = self.train_attack(self.model, x, y)
         # outer minimisation (Eq. 15): BCE(f(x_adv), y) + lambda * KL(f(x) || f(x_adv)) * (1 - f_y(x))
-        clean_logits = self.model(x)
-        adversarial_logits = self.model(x_adv)
-        loss = mart_loss(clean_logits, adversarial_logits, y, self.hparams.lam)
-        self.log_training(loss, adversarial_logits, y)
-        return loss
+        loss, adversarial_logits = self.robust_loss(self.model, x, x_adv, y)
+        return step_output(loss, adversarial_logits, y)

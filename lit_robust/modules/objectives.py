@@ -1,8 +1,10 @@
 """The base objectives that TRADES, MART and the variants built on top of them (AWP, AMP) share.
 
-Each base objective is a pair: the training attack (inner maximisation over the input) and the
-outer loss on the clean and adversarial examples. :class:`BaseLossModule` is an
-:class:`~lit_robust.modules.base.AdversarialModule` whose base objective is an argument.
+Each base objective is a pair, one row of the table :data:`OBJECTIVES`: the training attack (inner
+maximisation over the input) and the outer loss on the clean and adversarial examples.
+:class:`ObjectiveModule` trains on the objective it names (TRADES, MART, UnlabeledAT);
+:class:`BaseLossModule` is one whose base objective is the argument ``base_loss`` (AWP, AMP, SAM).
+A new base objective is a new row.
 
 - ``"at"`` (Madry et al.): PGD on cross-entropy from a uniform start; CE(f(x_adv), y).
 - ``"trades"`` (papers/001 Eq. 13): PGD on KL(f(x) || f(x + delta)) from 0.001 * N(0, 1), as the
@@ -15,7 +17,8 @@ one for ``"at"`` (adversarial), two for ``"trades"`` and ``"mart"`` (clean first
 the ``"trades"`` attack adds one clean forward pass without gradients.
 """
 
-from typing import Any, Callable, Literal, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Literal, Mapping, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -27,6 +30,43 @@ from lit_robust.modules.base import AdversarialModule
 
 BaseLoss = Literal["at", "trades", "mart"]
 SMALL_START_STD = 0.001
+Forward = Callable[[Tensor], Tensor]
+OuterLoss = Callable[[Forward, Tensor, Tensor, Tensor, float], Tuple[Tensor, Tensor]]
+
+
+def adversarial_cross_entropy(forward: Forward, x: Tensor, x_adv: Tensor, y: Tensor,
+                              lam: float) -> Tuple[Tensor, Tensor]:
+    """AT's outer loss CE(f(x_adv), y) (``lam`` unused) and the adversarial logits: one forward pass."""
+    adversarial_logits = forward(x_adv)
+    return F.cross_entropy(adversarial_logits, y), adversarial_logits
+
+
+def clean_and_adversarial(outer: Callable[[Tensor, Tensor, Tensor, float], Tensor]) -> OuterLoss:
+    """The outer loss ``outer(f(x), f(x_adv), y, lam)`` and the adversarial logits: two forward passes,
+    clean first, then adversarial."""
+
+    def loss(forward: Forward, x: Tensor, x_adv: Tensor, y: Tensor, lam: float) -> Tuple[Tensor, Tensor]:
+        clean_logits = forward(x)
+        adversarial_logits = forward(x_adv)
+        return outer(clean_logits, adversarial_logits, y, lam), adversarial_logits
+
+    return loss
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A base objective: the options of its training PGD (besides the threat model, the number of
+    iterations and the last iterate, which every training PGD shares) and its outer loss."""
+
+    outer: OuterLoss
+    attack: Mapping[str, Any] = field(default_factory=dict)
+
+
+OBJECTIVES: Dict[str, Objective] = {
+    "at": Objective(adversarial_cross_entropy),
+    "trades": Objective(clean_and_adversarial(trades_loss), dict(loss="kl", init_std=SMALL_START_STD)),
+    "mart": Objective(clean_and_adversarial(mart_loss), dict(init_std=SMALL_START_STD)),
+}
 
 
 def base_attack(base: BaseLoss, epsilon: float, step_size: float, steps: int, norm: Norm) -> PGD:
@@ -39,14 +79,10 @@ def base_attack(base: BaseLoss, epsilon: float, step_size: float, steps: int, no
         steps: PGD iterations.
         norm: ``"linf"`` or ``"l2"``.
     """
-    if base == "trades":
-        return PGD(epsilon, step_size, steps, norm=norm, loss="kl", keep_best=False, init_std=SMALL_START_STD)
-    if base == "mart":
-        return PGD(epsilon, step_size, steps, norm=norm, keep_best=False, init_std=SMALL_START_STD)
-    return PGD(epsilon, step_size, steps, norm=norm, keep_best=False)
+    return PGD(epsilon, step_size, steps, norm=norm, keep_best=False, **OBJECTIVES[base].attack)
 
 
-def base_loss(base: BaseLoss, forward: Callable[[Tensor], Tensor], x: Tensor, x_adv: Tensor, y: Tensor,
+def base_loss(base: BaseLoss, forward: Forward, x: Tensor, x_adv: Tensor, y: Tensor,
               lam: float) -> Tuple[Tensor, Tensor]:
     """The outer loss of ``base`` and the adversarial logits it used.
 
@@ -58,17 +94,29 @@ def base_loss(base: BaseLoss, forward: Callable[[Tensor], Tensor], x: Tensor, x_
         y: labels.
         lam: weight lambda of TRADES' and MART's KL term (unused for ``"at"``).
     """
-    if base == "at":
-        adversarial_logits = forward(x_adv)
-        return F.cross_entropy(adversarial_logits, y), adversarial_logits
-    clean_logits = forward(x)
-    adversarial_logits = forward(x_adv)
-    outer = trades_loss if base == "trades" else mart_loss
-    return outer(clean_logits, adversarial_logits, y, lam), adversarial_logits
+    return OBJECTIVES[base].outer(forward, x, x_adv, y, lam)
 
 
-class BaseLossModule(AdversarialModule):
-    """An :class:`~lit_robust.modules.base.AdversarialModule` trained on the base objective ``base_loss``
+class ObjectiveModule(AdversarialModule):
+    """An :class:`~lit_robust.modules.base.AdversarialModule` trained on the base objective named
+    :attr:`objective` (a key of :data:`OBJECTIVES`): its training attack and, by :meth:`robust_loss`,
+    its outer loss with weight ``lam``. Subclasses name the objective (TRADES, MART) or take it as an
+    argument (:class:`BaseLossModule`)."""
+
+    objective: str = "at"
+
+    def make_train_attack(self) -> PGD:
+        """The training attack of :attr:`objective` (see :func:`base_attack`)."""
+        return base_attack(self.objective, **self.train_attack_arguments())
+
+    def robust_loss(self, forward: Forward, x: Tensor, x_adv: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
+        """The outer loss of :attr:`objective` for the network ``forward``, and its adversarial logits
+        (see :func:`base_loss`)."""
+        return base_loss(self.objective, forward, x, x_adv, y, self.hparams.lam)
+
+
+class BaseLossModule(ObjectiveModule):
+    """An :class:`ObjectiveModule` whose base objective is the argument ``base_loss``
     (:func:`base_attack` for the inner maximisation, :meth:`robust_loss` for the outer loss).
 
     Args:
@@ -82,13 +130,7 @@ class BaseLossModule(AdversarialModule):
         check(lam >= 0, "lam", lam, "a number >= 0")
         super().__init__(*args, **kwargs)
 
-    def make_train_attack(self) -> PGD:
-        """The training attack of ``base_loss`` (see :func:`base_attack`)."""
-        h = self.hparams
-        return base_attack(h.base_loss, self.training_epsilon, h.step_size, h.train_steps, h.norm)
-
-    def robust_loss(self, forward: Callable[[Tensor], Tensor], x: Tensor, x_adv: Tensor,
-                    y: Tensor) -> Tuple[Tensor, Tensor]:
-        """The outer loss of ``base_loss`` for the network ``forward``, and its adversarial logits
-        (see :func:`base_loss`)."""
-        return base_loss(self.hparams.base_loss, forward, x, x_adv, y, self.hparams.lam)
+    @property
+    def objective(self) -> str:
+        """The base objective: ``base_loss``."""
+        return self.hparams.base_loss

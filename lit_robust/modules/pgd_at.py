@@ -1,6 +1,6 @@
 """PGD adversarial training (Madry et al. 2018), the paper's AT baseline (papers/001 Sec. F, G)."""
 
-from typing import Any, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -9,7 +9,7 @@ from torch import Tensor
 from lit_robust.attacks import restore_modes
 from lit_robust.errors import check
 from lit_robust.losses import noisy_labels, smoothed_cross_entropy
-from lit_robust.modules.base import AdversarialModule
+from lit_robust.modules.base import AdversarialModule, step_output
 
 
 class PGDAT(AdversarialModule):
@@ -43,7 +43,7 @@ class PGDAT(AdversarialModule):
               "0 when label_smoothing, label_noise, ignore_incorrect or prevent_label_leaking is set")
         super().__init__(*args, **kwargs)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         h = self.hparams
         target = y
@@ -60,8 +60,7 @@ class PGDAT(AdversarialModule):
         # outer minimisation
         logits = self.model(x_adv)
         loss = self.outer_loss(logits, target)
-        self.log_training(loss, logits, y)
-        return loss
+        return step_output(loss, logits, y)
 
     def mixup(self, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """Mixup (Zhang et al. 2018) of the clean batch before the attack, as Rice et al. use it inside AT

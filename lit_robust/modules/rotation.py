@@ -1,13 +1,13 @@
 """Adversarial training with rotation prediction as self-supervision (Hendrycks et al. 2019; papers/001 Eq. 16)."""
 
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_robust.errors import check
-from lit_robust.modules.base import AdversarialModule
+from lit_robust.modules.base import AdversarialModule, step_output
 
 ROTATIONS = 4  # 0, 90, 180 and 270 degrees
 
@@ -80,7 +80,7 @@ class RotationSelfSupervised(AdversarialModule):
               "for the rotation head (as every network of lit_robust.models)")
         self.rotation_head = nn.Linear(self.model.num_features, ROTATIONS)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         half = (len(x) + 1) // 2
         x_rot, y_rot = random_rotations(x[half:])
@@ -93,5 +93,4 @@ class RotationSelfSupervised(AdversarialModule):
         loss = F.cross_entropy(logits, y[:half])
         if len(x_rot):
             loss = loss + self.hparams.lam * F.cross_entropy(rotation_net(x_rot_adv), y_rot)
-        self.log_training(loss, logits, y[:half])
-        return loss
+        return step_output(loss, logits, y[:half])

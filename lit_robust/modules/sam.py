@@ -1,11 +1,12 @@
 """Sharpness-aware minimisation (SAM) and adaptive SAM (ASAM) as the outer minimiser of adversarial training."""
 
-from typing import Any, List, Literal, Optional, Sequence
+from typing import Any, Dict, List, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from lit_robust.errors import check, check_choice
+from lit_robust.modules.base import step_output
 from lit_robust.modules.objectives import BaseLossModule
 from lit_robust.modules.weight_perturbation import forward_at, mean_over_processes, running_stats_unchanged
 from lit_robust.weights import names_and_weights, trainable_parameters
@@ -81,7 +82,7 @@ class SAM(BaseLossModule):
         """The radius: ``rho`` where given, else the paper's (0.05 SAM, 0.5 ASAM)."""
         return self.hparams.rho if self.hparams.rho is not None else PAPER_RHO[self.hparams.adaptive]
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         h = self.hparams
         # inner maximisation over the input, at w
@@ -98,8 +99,7 @@ class SAM(BaseLossModule):
                                          scaled=[h.adaptive and name.endswith("weight") for name in names], eta=h.eta)
         # outer minimisation: the gradient of the robust loss at w + epsilon updates w
         loss, _ = self.robust_loss(forward_at(self.model, names, weights, epsilon), x, x_adv, y)
-        self.log_training(loss, adversarial_logits, y)
-        return loss
+        return step_output(loss, adversarial_logits, y)
 
 
 def sharpness_perturbation(gradient: Sequence[Tensor], weights: Sequence[Tensor], rho: float,

@@ -1,6 +1,6 @@
 """Standard (clean) training, the reference point of every comparison (papers/001 Sec. F)."""
 
-from typing import Any
+from typing import Any, Dict, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +25,15 @@ class StandardTraining(AdversarialModule):
         """No training attack."""
         return None
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
+        """The clean cross-entropy (``loss``) with the clean ``logits`` and labels ``y`` for :meth:`log_training`."""
         x, y = batch
         logits = self.model(x)
-        loss = F.cross_entropy(logits, y)
+        return {"loss": F.cross_entropy(logits, y), "logits": logits, "y": y}
+
+    def log_training(self, outputs: Mapping[str, Any]) -> None:
+        """Log ``train/loss`` and the clean ``train/err`` (no adversarial examples in training)."""
+        logits, y = outputs["logits"].detach(), outputs["y"]
         with torch.no_grad():
             err = (logits.argmax(dim=1) != y).float().mean()
-        self.log_dict({"train/loss": loss.detach(), "train/err": err}, on_step=True, on_epoch=True)
-        return loss
+        self.log_dict({"train/loss": outputs["loss"].detach(), "train/err": err}, on_step=True, on_epoch=True)

@@ -11,7 +11,7 @@ from torch import Tensor
 from lit_robust.attacks import PGD, restore_modes
 from lit_robust.data.indexed import with_example_indices
 from lit_robust.errors import check
-from lit_robust.modules.base import AdversarialModule
+from lit_robust.modules.base import AdversarialModule, step_output
 
 
 def ensemble_penalty(logits: Tensor, ensemble_targets: Tensor) -> Tensor:
@@ -89,8 +89,7 @@ class TemporalEnsembling(AdversarialModule):
 
     def make_train_attack(self) -> TemporalEnsemblePGD:
         """PGD-K from a uniform start, last iterate, on CE plus the ensemble term."""
-        h = self.hparams
-        return TemporalEnsemblePGD(self.training_epsilon, h.step_size, h.train_steps, norm=h.norm, keep_best=False)
+        return TemporalEnsemblePGD(**self.train_attack_arguments(), keep_best=False)
 
     def ensemble_weight(self, epoch: int) -> float:
         """w(t) of the ramp-up at the 0-based ``epoch``."""
@@ -128,7 +127,7 @@ class TemporalEnsembling(AdversarialModule):
         rows = self.ensemble_predictions[index]
         return rows / rows.sum(dim=1, keepdim=True)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         if len(batch) != 3:
             raise RuntimeError("TemporalEnsembling needs batches (x, y, index): train it with a data module of this "
                                "library, whose train_set its setup wraps in IndexedDataset.")
@@ -146,9 +145,8 @@ class TemporalEnsembling(AdversarialModule):
         loss = F.cross_entropy(logits, y)
         if ensemble_targets is not None:
             loss = loss + weight * ensemble_penalty(logits, ensemble_targets).mean()
-        self.log_training(loss, logits, y)
         self.log("train/te_weight", weight, on_step=False, on_epoch=True)
-        return loss
+        return step_output(loss, logits, y)
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         """Also keep the ensemble prediction of every training example."""

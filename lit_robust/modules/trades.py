@@ -1,17 +1,15 @@
 """TRADES (Zhang et al. 2019; papers/001 Eq. 13)."""
 
-from typing import Any
+from typing import Any, Dict
 
 from torch import Tensor
 
-from lit_robust.attacks import PGD
 from lit_robust.errors import check
-from lit_robust.losses import trades_loss
-from lit_robust.modules.base import AdversarialModule
-from lit_robust.modules.objectives import base_attack
+from lit_robust.modules.base import step_output
+from lit_robust.modules.objectives import ObjectiveModule
 
 
-class TRADES(AdversarialModule):
+class TRADES(ObjectiveModule):
     """min_w E[CE(f(x; w), y) + lambda * max_{||delta|| <= epsilon} KL(f(x; w) || f(x + delta; w))] (Eq. 13).
 
     The inner maximisation is PGD on the KL divergence, started at x + 0.001 * N(0, 1) and run with
@@ -35,18 +33,13 @@ class TRADES(AdversarialModule):
         check(lam >= 0, "lam", lam, "a number >= 0 (the paper uses 1, 3, 6 or 9)")
         super().__init__(*args, **kwargs)
 
-    def make_train_attack(self) -> PGD:
-        """PGD on KL(f(x) || f(x + delta)) from 0.001 * N(0, 1), last iterate, eval mode."""
-        h = self.hparams
-        return base_attack("trades", self.training_epsilon, h.step_size, h.train_steps, h.norm)
+    # the training attack: PGD on KL(f(x) || f(x + delta)) from 0.001 * N(0, 1), last iterate, eval mode
+    objective = "trades"
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         # inner maximisation: max_delta KL(f(x) || f(x + delta))
         x_adv = self.train_attack(self.model, x, y)
         # outer minimisation (Eq. 13): CE(f(x), y) + lambda * KL(f(x) || f(x_adv))
-        clean_logits = self.model(x)
-        adversarial_logits = self.model(x_adv)
-        loss = trades_loss(clean_logits, adversarial_logits, y, self.hparams.lam)
-        self.log_training(loss, adversarial_logits, y)
-        return loss
+        loss, adversarial_logits = self.robust_loss(self.model, x, x_adv, y)
+        return step_output(loss, adversarial_logits, y)

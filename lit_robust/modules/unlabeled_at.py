@@ -1,17 +1,16 @@
 """Adversarial training with additional pseudo-labelled data, robust self-training (Carmon et al. 2019)."""
 
-from typing import Any, Literal
+from typing import Any, Dict, Literal
 
 from torch import Tensor
 
-from lit_robust.attacks import PGD
 from lit_robust.data.pseudo_labeled import PseudoLabeledDataModule
 from lit_robust.errors import ConfigurationError, check, check_choice
-from lit_robust.modules.base import AdversarialModule
-from lit_robust.modules.objectives import base_attack, base_loss
+from lit_robust.modules.base import step_output
+from lit_robust.modules.objectives import ObjectiveModule
 
 
-class UnlabeledAT(AdversarialModule):
+class UnlabeledAT(ObjectiveModule):
     """Robust self-training, RST (Carmon et al. 2019, "Unlabeled data improves adversarial
     robustness"; papers/001 Sec. G, "Additional unlabeled examples").
 
@@ -37,10 +36,11 @@ class UnlabeledAT(AdversarialModule):
         check(lam >= 0, "lam", lam, "a number >= 0 (6 in the paper)")
         super().__init__(*args, **kwargs)
 
-    def make_train_attack(self) -> PGD:
-        """PGD on cross-entropy (AT) or on KL(f(x) || f(x + delta)) (TRADES), last iterate, eval mode."""
-        h = self.hparams
-        return base_attack(h.base_loss, self.training_epsilon, h.step_size, h.train_steps, h.norm)
+    @property
+    def objective(self) -> str:
+        """``base_loss``: its training attack is PGD on cross-entropy (AT) or on KL(f(x) || f(x + delta))
+        (TRADES), last iterate, eval mode."""
+        return self.hparams.base_loss
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -48,11 +48,10 @@ class UnlabeledAT(AdversarialModule):
             raise ConfigurationError(f"data={type(datamodule).__name__!r} is not allowed: data must be "
                                      "lit_robust.data.PseudoLabeledDataModule for UnlabeledAT.")
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch  # half labelled, half pseudo-labelled
         # inner maximisation
         x_adv = self.train_attack(self.model, x, y)
         # outer minimisation: the robust loss of AT or TRADES on all of the batch
-        loss, adversarial_logits = base_loss(self.hparams.base_loss, self.model, x, x_adv, y, self.hparams.lam)
-        self.log_training(loss, adversarial_logits, y)
-        return loss
+        loss, adversarial_logits = self.robust_loss(self.model, x, x_adv, y)
+        return step_output(loss, adversarial_logits, y)

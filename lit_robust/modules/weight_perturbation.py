@@ -1,6 +1,7 @@
 """What the variants that perturb the weights for the update (AWP, AMP) need besides the neighbourhood.
 
-- :func:`forward_at`: the network at w + nu as a function of its input. The weights are never
+- :func:`forward_at`: the network at w + nu as a function of its input
+  (:func:`~lit_robust.weights.network_at` with nu held constant). The weights are never
   changed in place: the update's forward pass reads w + nu through ``torch.func.functional_call``,
   so the gradient it gives w is the gradient taken at w + nu, the optimiser then updates w, and
   nothing has to be restored afterwards; w is bit for bit what it was.
@@ -17,7 +18,8 @@ from typing import Callable, Iterator, List, Sequence
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.func import functional_call
+
+from lit_robust.weights import network_at
 
 
 def forward_at(model: nn.Module, names: Sequence[str], weights: Sequence[Tensor],
@@ -32,8 +34,7 @@ def forward_at(model: nn.Module, names: Sequence[str], weights: Sequence[Tensor]
         weights: those parameters, in the same order.
         nu: one perturbation per parameter.
     """
-    perturbed = {name: w + n.detach().to(w.dtype) for name, w, n in zip(names, weights, nu)}
-    return lambda inputs: functional_call(model, perturbed, (inputs,))
+    return network_at(model, names, weights, [n.detach() for n in nu])
 
 
 @contextmanager
