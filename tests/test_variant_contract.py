@@ -128,3 +128,18 @@ def test_a_network_of_another_number_of_classes_is_refused_before_training(digit
     with pytest.raises(ConfigurationError, match=r"^model.num_classes=5 is not allowed: .* 10 \(DigitsDataModule\)"):
         trainer(tmp_path, limit_train_batches=1).fit(module, datamodule=digits)
     assert module.global_step == 0
+
+
+@pytest.mark.parametrize("network, setting", [
+    (SmallCNN(width=4, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
+     r"model.mean=\[0.5, 0.5, 0.5\] is not allowed: model.mean must be one value per channel of the images, 1"),
+    (SmallCNN(width=4, mean=(0.5,)),
+     r"model.mean=\[0.5\] is not allowed: model.mean must be the data module's mean, \[0.3062\]"),
+    (SmallCNN(width=4, std=(1.0,)),
+     r"model.std=\[1.0\] is not allowed: model.std must be the data module's std, \[0.3779\]"),
+], ids=["channels", "mean", "std"])
+def test_a_network_normalised_for_other_data_is_refused_before_training(network, setting, digits, tmp_path):
+    module, _ = variant(PGDAT, tmp_path, network=network)
+    with pytest.raises(ConfigurationError, match="^" + setting):
+        trainer(tmp_path, limit_train_batches=1).fit(module, datamodule=digits)
+    assert module.global_step == 0

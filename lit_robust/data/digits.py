@@ -55,6 +55,9 @@ class DigitsDataModule(AdversarialDataModule):
     total_size = 1797
     num_classes = 10
     image_shape = (1, 8, 8)
+    # pixel statistics of the training images, which the networks' normalisation must use
+    mean = (0.3062,)
+    std = (0.3779,)
 
     def __init__(self, held_out_size: int = 200, eval_size: int = 400, train_eval_size: int = 400,
                  split_seed: int = 0, shift: int = 0, batch_size: int = 64, eval_batch_size: Optional[int] = 200,

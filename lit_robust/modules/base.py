@@ -42,6 +42,7 @@ from lit_robust.attacks import (
 )
 from lit_robust.errors import check, check_choice
 from lit_robust.evaluation import AutoAttackVersion, autoattack_wrong, clean_and_robust, evaluate, loader, shard
+from lit_robust.models.normalize import Normalize
 from lit_robust.sanity import check_gradient_masking, check_input_range
 from lit_robust.weights import select_parameters
 
@@ -274,30 +275,48 @@ class AdversarialModule(LightningModule):
                 predictions["adversarial_labels"] = self.model(x_adv).argmax(dim=1)
         return predictions
 
-    def check_network_fits_data(self) -> None:
-        """Raise :class:`~lit_robust.errors.ConfigurationError` when the network's output size (its
-        ``num_classes``, which every network of :mod:`lit_robust.models` has) differs from the data module's
-        ``num_classes``; a network without ``num_classes`` or a run without data module is not checked."""
+    def check_network_fits_data(self, x: Optional[Tensor] = None) -> None:
+        """Raise :class:`~lit_robust.errors.ConfigurationError` when the network does not fit the data: its
+        output size (its ``num_classes``, which every network of :mod:`lit_robust.models` has) differs from
+        the data module's ``num_classes``; its input normalisation (:class:`~lit_robust.models.normalize.
+        Normalize`) has another number of channels than the images ``x``; or its mean and standard
+        deviation differ from those the data module states (``mean`` / ``std``). What a network or data
+        module does not state is not checked."""
         datamodule = getattr(self.trainer, "datamodule", None)
         expected, given = getattr(datamodule, "num_classes", None), getattr(self.model, "num_classes", None)
         if expected is not None and given is not None:
             check(int(given) == int(expected), "model.num_classes", given,
                   f"the data module's num_classes, {expected} ({type(datamodule).__name__})")
+        normalize = next((m for m in self.model.modules() if isinstance(m, Normalize)), None)
+        if normalize is None:
+            return
+        mean, std = normalize.mean.flatten().tolist(), normalize.std.flatten().tolist()
+        if x is not None and x.dim() == 4:
+            check(len(mean) in (1, x.shape[1]), "model.mean", mean,
+                  f"one value per channel of the images, {x.shape[1]} (or a single value)")
+        for name, value in (("mean", mean), ("std", std)):
+            stated = getattr(datamodule, name, None)
+            if stated is not None and len(stated) == len(value):
+                check(all(abs(a - b) < 1e-3 for a, b in zip(value, stated)), f"model.{name}",
+                      [round(v, 4) for v in value],
+                      f"the data module's {name}, {list(stated)} ({type(datamodule).__name__}): the network's "
+                      f"normalisation must be that of the data")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if batch_idx == 0:
-            self.check_network_fits_data()
-            for x in batch[0] if isinstance(batch[0], (list, tuple)) else [batch[0]]:  # one or several views
+            views = batch[0] if isinstance(batch[0], (list, tuple)) else [batch[0]]  # one or several views
+            self.check_network_fits_data(views[0])
+            for x in views:
                 check_input_range(x)
 
     def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0:
-            self.check_network_fits_data()
+            self.check_network_fits_data(batch[0])
             check_input_range(batch[0])
 
     def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0:
-            self.check_network_fits_data()
+            self.check_network_fits_data(batch[0])
             x, y = batch[0], batch[1]
             check_input_range(x)
             require_input_gradients()
