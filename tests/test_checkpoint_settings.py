@@ -125,3 +125,22 @@ def test_export_writes_weights_a_plain_network_loads(trained, tmp_path):
     network.load_state_dict(torch.load(tmp_path / "net.pt", weights_only=True))  # strict: every key, no prefix
     saved = torch.load(trained, weights_only=True)["state_dict"]
     assert all(torch.equal(value, saved[f"model.{name}"]) for name, value in network.state_dict().items())
+
+
+def test_export_gives_the_averaged_or_the_current_weights(tmp_path, capsys):
+    """A checkpoint of a run with weight averaging holds the average in ``state_dict`` and the weights training
+    had reached in ``current_model_state``: ``--weights`` picks one; without an average, ``current`` is refused."""
+    from lit_robust.export import main
+
+    averaged, current = {"model.w": torch.ones(3), "model.b": torch.zeros(1)}, {"model.w": torch.full((3,), 2.0),
+                                                                                  "model.b": torch.ones(1)}
+    torch.save({"state_dict": averaged, "current_model_state": current}, tmp_path / "averaged.ckpt")
+    main([str(tmp_path / "averaged.ckpt"), str(tmp_path / "saved.pt")])
+    main([str(tmp_path / "averaged.ckpt"), str(tmp_path / "current.pt"), "--weights", "current"])
+    assert torch.equal(torch.load(tmp_path / "saved.pt")["w"], torch.ones(3))
+    assert torch.equal(torch.load(tmp_path / "current.pt")["w"], torch.full((3,), 2.0))
+    torch.save({"state_dict": averaged}, tmp_path / "plain.ckpt")
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "plain.ckpt"), str(tmp_path / "x.pt"), "--weights", "current"])
+    assert exit_.value.code == 2 and capsys.readouterr().err.startswith("error: weights='current' is not allowed")
+    assert not (tmp_path / "x.pt").exists()
