@@ -69,7 +69,7 @@ def batched_against_sequential() -> None:
         times, values = {}, {}
         for parallel in (1, 10):
             meter = FlatnessMeasures(epsilon=h.epsilon, step_size=h.step_size, random_start=False,
-                                     reference_steps=1, reference_restarts=1, parallel=parallel)
+                                     reference_pgd_steps=1, reference_pgd_restarts=1, parallel=parallel)
             start = clock()
             result = meter(module.model, batch, (measure,), generator=torch.Generator().manual_seed(0))[measure]
             times[parallel], values[parallel] = since(start), result.perturbed

@@ -94,8 +94,8 @@ def flatness_speedup(device: torch.device, size: Dict) -> Tuple[float, float, fl
               torch.randint(0, 10, (size["flatness_batch"],), device=device))]
     seconds = {}
     for parallel in (1, size["samples"]):
-        meter = FlatnessMeasures(random_start=False, reference_steps=1, reference_restarts=1,
-                                 samples=size["samples"], average_steps=size["flatness_steps"], parallel=parallel)
+        meter = FlatnessMeasures(random_start=False, reference_pgd_steps=1, reference_pgd_restarts=1,
+                                 samples=size["samples"], average_pgd_steps=size["flatness_steps"], parallel=parallel)
         seconds[parallel] = timed(device, lambda: meter(model, batch, ("avg_rloss",),
                                                         generator=torch.Generator().manual_seed(0)), 1, 1)
     return seconds[1], seconds[size["samples"]], seconds[1] / seconds[size["samples"]]

@@ -22,14 +22,16 @@ from torch.utils.data import Subset
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from callbacks.flatness_monitor import ALL_MEASURES, FlatnessMonitor  # noqa: E402
+from callbacks.flatness_monitor import ALL_MEASURES, FlatnessMonitor, FlatnessSettings  # noqa: E402
 from lit_robust.cli import TRAINER_DEFAULTS, RobustCLI  # noqa: E402
 from lit_robust.data import AdversarialDataModule  # noqa: E402
 from lit_robust.evaluation import loader  # noqa: E402
 from lit_robust.modules import AdversarialModule  # noqa: E402
 
-TEST_SETTINGS = dict(test_examples=200, test_samples=10, test_steps=10, test_restarts=3, test_hutchinson_samples=10,
-                     test_adaptive_samples=4, pac_bayes_search_depth=5, pac_bayes_samples=1)
+# configs/callbacks/measures.yaml
+TEST_SETTINGS = dict(test=FlatnessSettings(examples=200, samples=10, pgd_steps=10, pgd_restarts=3, ascent_iterations=10,
+                                           ascent_restarts=3, adaptive_samples=4, hutchinson_samples=10),
+                     pac_bayes_search_depth=5, pac_bayes_samples=1)
 
 
 class EpochClock(Callback):

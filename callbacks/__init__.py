@@ -1,6 +1,6 @@
 """Reusable Lightning callbacks for adversarial training: one callback per file."""
 
-from callbacks.flatness_monitor import FlatnessMonitor
+from callbacks.flatness_monitor import FlatnessMonitor, FlatnessSettings
 from callbacks.landscape_monitor import LandscapeMonitor
 from callbacks.metrics_file import MetricsFile
 from callbacks.robust_early_stopping import RobustEarlyStopping
@@ -9,5 +9,5 @@ from callbacks.swa import StochasticWeightAveraging
 from callbacks.weight_averaging import ExponentialMovingAverage, WeightAveraging
 from callbacks.weight_clipping import WeightClipping
 
-__all__ = ["ExponentialMovingAverage", "FlatnessMonitor", "LandscapeMonitor", "MetricsFile", "RobustEarlyStopping",
-           "RobustOverfitting", "StochasticWeightAveraging", "WeightAveraging", "WeightClipping"]
+__all__ = ["ExponentialMovingAverage", "FlatnessMonitor", "FlatnessSettings", "LandscapeMonitor", "MetricsFile",
+           "RobustEarlyStopping", "RobustOverfitting", "StochasticWeightAveraging", "WeightAveraging", "WeightClipping"]

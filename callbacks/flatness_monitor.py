@@ -2,6 +2,7 @@
 the paper's, logged during training and on test."""
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Literal, Optional, Sequence, Union
 
 import pytorch_lightning as pl
@@ -31,6 +32,52 @@ AnyMeasure = Literal["avg_rloss", "worst_rloss", "avg_loss", "worst_loss",
 # the measures beyond the paper's (see FlatnessMonitor), in the order of AnyMeasure
 EXTRA_MEASURES = AnyMeasure.__args__[len(MEASURES):]
 ALL_MEASURES = MEASURES + EXTRA_MEASURES
+
+
+@dataclass(frozen=True)
+class FlatnessSettings:
+    """What a flatness measurement costs: the settings that differ between per-epoch and test measurement.
+
+    Frozen, so one instance can safely be a default. The defaults are the per-epoch ones of
+    :class:`FlatnessMonitor`; :data:`PAPER_SETTINGS` holds the paper's (papers/001 Sec. D).
+
+    Args:
+        examples: examples per split, from the start of the split (the paper: 1000).
+        samples: weight samples per batch of average-case flatness (10).
+        pgd_steps: PGD iterations of RLoss, at perturbed weights (one restart) and of the reference
+            RLoss(w); also of the adversarial examples of the measures beyond the paper's (20).
+        pgd_restarts: PGD restarts of the reference RLoss(w), worst case per example (10).
+        ascent_iterations: iterations of the worst-case joint ascent on nu and delta, and of the
+            ascent of worst-case adaptive sharpness (20).
+        ascent_restarts: restarts of the worst-case joint ascent, maximum taken per batch (10).
+        adaptive_samples: Gaussian draws per batch of average-case adaptive sharpness (None: ``samples``).
+        hutchinson_samples: probe vectors of relative flatness and the Hessian trace (100).
+    """
+
+    examples: int = 32
+    samples: int = 2
+    pgd_steps: int = 3
+    pgd_restarts: int = 1
+    ascent_iterations: int = 3
+    ascent_restarts: int = 1
+    adaptive_samples: Optional[int] = None
+    hutchinson_samples: int = 10
+
+    def check(self, stage: str) -> None:
+        """Raise a ConfigurationError naming ``<stage>.<field>`` for the first setting that is not an integer >= 1."""
+        for name in ("examples", "samples", "pgd_steps", "pgd_restarts", "ascent_iterations", "ascent_restarts",
+                     "adaptive_samples", "hutchinson_samples"):
+            value = getattr(self, name)
+            if name == "adaptive_samples" and value is None:
+                continue
+            check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, f"{stage}.{name}", value,
+                  "an integer >= 1" + (" or None (samples)" if name == "adaptive_samples" else ""))
+
+
+# the paper's test settings (papers/001 Sec. D): 1000 examples, 10 samples, PGD-20 with 10 restarts, 20 ascent
+# iterations with 10 restarts; 100 Hutchinson probes
+PAPER_SETTINGS = FlatnessSettings(examples=1000, samples=10, pgd_steps=20, pgd_restarts=10, ascent_iterations=20,
+                                  ascent_restarts=10, adaptive_samples=None, hutchinson_samples=100)
 
 
 class ScheduledMeasurement(Callback, ABC):
@@ -106,7 +153,7 @@ class FlatnessMonitor(ScheduledMeasurement):
       ``adaptive_rho``, ``adaptive_samples`` Gaussian draws per batch (:mod:`lit_robust.adaptive_sharpness`);
     - ``adaptive_worst_rloss_l2``, ``adaptive_worst_rloss_linf``, ``adaptive_worst_loss_l2``,
       ``adaptive_worst_loss_linf``: worst-case adaptive sharpness for p = 2 / inf, radius
-      ``adaptive_rho_l2`` / ``adaptive_rho_linf``, ``steps`` ascent iterations;
+      ``adaptive_rho_l2`` / ``adaptive_rho_linf``, ``ascent_iterations`` ascent iterations;
     - ``relative_rloss``, ``relative_loss``: relative flatness of the last linear layer
       (:mod:`lit_robust.relative_flatness`), ``hutchinson_samples`` probes;
     - ``pac_bayes_rerr``, ``pac_bayes_err`` (plain) and ``pac_bayes_mag_rerr``, ``pac_bayes_mag_err``
@@ -115,13 +162,14 @@ class FlatnessMonitor(ScheduledMeasurement):
       (:mod:`lit_robust.hessian_trace`), ``hutchinson_samples`` probes.
 
     RLoss at perturbed weights and adversarial examples of the Hessian measures use PGD with
-    ``steps`` iterations (``test_steps`` on test); references use ``restarts`` restarts.
+    ``pgd_steps`` iterations; references use ``pgd_restarts`` restarts.
 
-    The input threat model (epsilon, step size, norm) is the module's (``threat_model``). During fit the
-    cost is set by ``examples``, ``samples``, ``steps`` and ``restarts``; the defaults keep it
-    under a tenth of a training epoch of ``configs/digits/at.yaml`` (``benchmarks/flatness.py``
-    prints the fraction) and are far below the paper's settings, which the ``test_*`` arguments
-    default to (under ``fast_dev_run`` the test, too, uses the per-epoch settings). Under
+    The input threat model (epsilon, step size, norm) is the module's (``threat_model``). The cost is
+    set by a :class:`FlatnessSettings` each for fit (``fit``) and test (``test``); in YAML
+    ``fit: {examples: 32, samples: 2}`` (unset fields keep their defaults). The per-epoch defaults
+    keep it under a tenth of a training epoch of ``configs/digits/at.yaml`` (``benchmarks/flatness.py``
+    prints the fraction) and are far below the paper's settings, which ``test`` defaults to (under
+    ``fast_dev_run`` the test, too, uses ``fit``). Under
     data-parallel training each process measures its share of the examples
     (:func:`~lit_robust.evaluation.shard`) and the sums are reduced over the processes, so one and
     several processes agree within sampling noise.
@@ -141,15 +189,10 @@ class FlatnessMonitor(ScheduledMeasurement):
         test_splits: splits measured on test.
         batch_size: examples per batch (per process); the weight perturbations are drawn, and the
             worst case is found, per batch (the paper: 128).
-        examples: examples per split during fit (from the start of the split).
-        samples: weight samples per batch of average-case flatness during fit.
-        steps: during fit, PGD iterations of RLoss at perturbed weights and of the reference, and
-            iterations of the worst-case ascent.
-        restarts: during fit, restarts of the reference PGD and of the worst-case ascent.
-        test_examples: examples per split on test (the paper: 1000).
-        test_samples: weight samples per batch on test (10).
-        test_steps: iterations on test (20).
-        test_restarts: restarts on test (10).
+        fit: the cost of the measurement during fit (:class:`FlatnessSettings`, by default 32 examples,
+            2 samples, 3 PGD steps and ascent iterations, 1 restart, 10 Hutchinson probes).
+        test: the cost on test (by default :data:`PAPER_SETTINGS`, 1000 examples, 10 samples, PGD-20
+            with 10 restarts, 20 ascent iterations with 10 restarts, 100 Hutchinson probes).
         average_xi: xi of average-case flatness (0.5).
         worst_xi: xi of worst-case flatness (0.003).
         worst_lr: learning rate of the worst-case weight ascent (0.001).
@@ -159,11 +202,6 @@ class FlatnessMonitor(ScheduledMeasurement):
         adaptive_rho: radius of average-case adaptive sharpness (0.1).
         adaptive_rho_l2: radius of worst-case adaptive sharpness for p = 2 (0.5).
         adaptive_rho_linf: radius of worst-case adaptive sharpness for p = inf (0.002).
-        adaptive_samples: Gaussian draws per batch of average-case adaptive sharpness during fit (None:
-            ``samples``).
-        test_adaptive_samples: the same on test (None: ``test_samples``).
-        hutchinson_samples: probe vectors of relative flatness and the Hessian trace during fit.
-        test_hutchinson_samples: the same on test (100).
         pac_bayes_target: the deviation of the error PAC-Bayes flatness searches for (0.1).
         pac_bayes_search_depth: at most this many bisection steps (15).
         pac_bayes_samples: Monte-Carlo noise draws per bisection step (3).
@@ -176,13 +214,11 @@ class FlatnessMonitor(ScheduledMeasurement):
 
     def __init__(self, *, every_n_epochs: int = 1, on_test: bool = True, measures: Sequence[AnyMeasure] = MEASURES,
                  fit_splits: Sequence[Split] = ("eval",), test_splits: Sequence[Split] = SPLITS,
-                 batch_size: int = 128, examples: int = 32, samples: int = 2, steps: int = 3, restarts: int = 1,
-                 test_examples: int = 1000, test_samples: int = 10, test_steps: int = 20, test_restarts: int = 10,
-                 average_xi: float = 0.5, worst_xi: float = 0.003, worst_lr: float = 0.001, parallel: int = 10,
+                 batch_size: int = 128, fit: FlatnessSettings = FlatnessSettings(),
+                 test: FlatnessSettings = PAPER_SETTINGS, average_xi: float = 0.5, worst_xi: float = 0.003,
+                 worst_lr: float = 0.001, parallel: int = 10,
                  seed: int = 0, adaptive_rho: float = 0.1, adaptive_rho_l2: float = 0.5,
-                 adaptive_rho_linf: float = 0.002,
-                 adaptive_samples: Optional[int] = None, test_adaptive_samples: Optional[int] = None,
-                 hutchinson_samples: int = 10, test_hutchinson_samples: int = 100, pac_bayes_target: float = 0.1,
+                 adaptive_rho_linf: float = 0.002, pac_bayes_target: float = 0.1,
                  pac_bayes_search_depth: int = 15, pac_bayes_samples: int = 3, pac_bayes_epsilon: float = 1e-3) -> None:
         super().__init__(every_n_epochs, on_test)
         check(len(measures) > 0, "measures", measures, "a non-empty list of " + ", ".join(ALL_MEASURES))
@@ -191,12 +227,10 @@ class FlatnessMonitor(ScheduledMeasurement):
         for name, value in (("adaptive_rho", adaptive_rho), ("adaptive_rho_l2", adaptive_rho_l2),
                             ("adaptive_rho_linf", adaptive_rho_linf)):
             check(value > 0, name, value, "a number > 0 (radius of the weight perturbations)")
-        adaptive_samples = samples if adaptive_samples is None else adaptive_samples
-        test_adaptive_samples = test_samples if test_adaptive_samples is None else test_adaptive_samples
-        for name, value in (("adaptive_samples", adaptive_samples), ("test_adaptive_samples", test_adaptive_samples),
-                            ("hutchinson_samples", hutchinson_samples),
-                            ("test_hutchinson_samples", test_hutchinson_samples),
-                            ("pac_bayes_search_depth", pac_bayes_search_depth),
+        for stage, settings in (("fit", fit), ("test", test)):
+            check(isinstance(settings, FlatnessSettings), stage, settings, "a FlatnessSettings (in YAML a mapping)")
+            settings.check(stage)
+        for name, value in (("pac_bayes_search_depth", pac_bayes_search_depth),
                             ("pac_bayes_samples", pac_bayes_samples)):
             check(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
         check(0.01 < pac_bayes_target < 1, "pac_bayes_target", pac_bayes_target,
@@ -207,19 +241,11 @@ class FlatnessMonitor(ScheduledMeasurement):
                               samples=pac_bayes_samples, magnitude_epsilon=pac_bayes_epsilon)
         for split in list(fit_splits) + list(test_splits):
             check_choice(split, "fit_splits / test_splits", SPLITS)
-        for name, value in (("batch_size", batch_size), ("examples", examples), ("steps", steps),
-                            ("restarts", restarts), ("test_examples", test_examples), ("test_steps", test_steps),
-                            ("test_restarts", test_restarts)):
-            check(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
+        check(isinstance(batch_size, int) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
         self.measures = tuple(measures)
         self.fit_splits, self.test_splits = tuple(fit_splits), tuple(test_splits)
         self.batch_size = batch_size
-        self.settings = {
-            "fit": dict(examples=examples, samples=samples, steps=steps, restarts=restarts,
-                        hutchinson_samples=hutchinson_samples, adaptive_samples=adaptive_samples),
-            "test": dict(examples=test_examples, samples=test_samples, steps=test_steps, restarts=test_restarts,
-                         hutchinson_samples=test_hutchinson_samples, adaptive_samples=test_adaptive_samples),
-        }
+        self.settings = {"fit": fit, "test": test}
         self.average_xi, self.worst_xi, self.worst_lr = average_xi, worst_xi, worst_lr
         self.parallel = parallel
         self.seed = seed
@@ -230,11 +256,11 @@ class FlatnessMonitor(ScheduledMeasurement):
 
     def _meter(self, stage: str, epsilon: float, step_size: float, norm: str) -> FlatnessMeasures:
         s = self.settings[stage]
-        return FlatnessMeasures(epsilon=epsilon, step_size=step_size, norm=norm, reference_steps=s["steps"],
-                                reference_restarts=s["restarts"], average_xi=self.average_xi, samples=s["samples"],
-                                average_steps=s["steps"], average_restarts=1, worst_xi=self.worst_xi,
-                                worst_iterations=s["steps"], worst_restarts=s["restarts"], worst_lr=self.worst_lr,
-                                max_examples=None, parallel=self.parallel)
+        return FlatnessMeasures(epsilon=epsilon, step_size=step_size, norm=norm, reference_pgd_steps=s.pgd_steps,
+                                reference_pgd_restarts=s.pgd_restarts, average_xi=self.average_xi, samples=s.samples,
+                                average_pgd_steps=s.pgd_steps, average_pgd_restarts=1, worst_xi=self.worst_xi,
+                                ascent_iterations=s.ascent_iterations, ascent_restarts=s.ascent_restarts,
+                                worst_lr=self.worst_lr, max_examples=None, parallel=self.parallel)
 
     def _extra(self, measure: str, stage: str, attack: Dict[str, Any]) -> Callable[..., Any]:
         """The measure beyond the paper's called ``measure``, as ``f(model, batches, reduce, generator)``."""
@@ -245,16 +271,18 @@ class FlatnessMonitor(ScheduledMeasurement):
             p = "inf" if measure.endswith("linf") else "2"
             rho = self.adaptive_rho["avg" if case == "average" else ("linf" if p == "inf" else "l2")]
             return lambda model, batches, reduce, generator: adaptive_sharpness(
-                model, batches, case=case, loss=parts[2], rho=rho, p=p, samples=s["adaptive_samples"],
-                iterations=s["steps"], steps=s["steps"], reference_steps=s["steps"], reference_restarts=s["restarts"],
+                model, batches, case=case, loss=parts[2], rho=rho, p=p,
+                samples=s.samples if s.adaptive_samples is None else s.adaptive_samples,
+                iterations=s.ascent_iterations, steps=s.pgd_steps, reference_steps=s.pgd_steps,
+                reference_restarts=s.pgd_restarts,
                 max_examples=None, parallel=self.parallel, reduce=reduce, generator=generator, **attack)
         if measure.startswith("pac_bayes_"):
             return lambda model, batches, reduce, generator: pac_bayes_flatness(
-                model, batches, error=parts[-1], magnitude_aware=parts[2] == "mag", steps=s["steps"],
+                model, batches, error=parts[-1], magnitude_aware=parts[2] == "mag", steps=s.pgd_steps,
                 max_examples=None, reduce=reduce, generator=generator, **self.pac_bayes, **attack)
         function = relative_flatness if measure.startswith("relative_") else hessian_trace
         return lambda model, batches, reduce, generator: function(
-            model, batches, loss=parts[-1], samples=s["hutchinson_samples"], steps=s["steps"], max_examples=None,
+            model, batches, loss=parts[-1], samples=s.hutchinson_samples, steps=s.pgd_steps, max_examples=None,
             reduce=reduce, generator=generator, **attack)
 
     @override
@@ -281,7 +309,7 @@ class FlatnessMonitor(ScheduledMeasurement):
                                f"the {split} split are skipped.")
                 continue
             dataset = loader_fn().dataset
-            first = Subset(dataset, range(min(self.settings[cost]["examples"], len(dataset))))
+            first = Subset(dataset, range(min(self.settings[cost].examples, len(dataset))))
             batches = loader(shard(first, trainer.global_rank, trainer.world_size), self.batch_size)
             devices = [pl_module.device] if pl_module.device.type == "cuda" else []
             reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731

@@ -242,15 +242,15 @@ class FlatnessMeasures:
         norm: input threat model, ``"linf"`` or ``"l2"``.
         random_start: PGD and the worst-case ascent start at a random delta in the ball (the paper's
             setting); False starts at delta = 0, which makes results deterministic given the nu.
-        reference_steps: PGD iterations of the reference RLoss(w) (20).
-        reference_restarts: PGD restarts of the reference, worst case per example (10).
+        reference_pgd_steps: PGD iterations of the reference RLoss(w) (20).
+        reference_pgd_restarts: PGD restarts of the reference, worst case per example (10).
         average_xi: xi of average-case flatness (0.5).
         samples: random weight perturbations per batch (10).
-        average_steps: PGD iterations on each perturbed network (20).
-        average_restarts: PGD restarts on each perturbed network (1).
+        average_pgd_steps: PGD iterations on each perturbed network (20).
+        average_pgd_restarts: PGD restarts on each perturbed network (1).
         worst_xi: xi of worst-case flatness (0.003).
-        worst_iterations: iterations of the joint ascent (20).
-        worst_restarts: restarts of the joint ascent, maximum taken per batch (10).
+        ascent_iterations: iterations of the joint ascent (20).
+        ascent_restarts: restarts of the joint ascent, maximum taken per batch (10).
         worst_lr: learning rate of nu, after normalising its gradient per layer (0.001).
         max_examples: use at most this many examples from the start of the loader (1000).
         parallel: weight perturbations evaluated in one ``vmap``-ed pass; 1 for the sequential path.
@@ -258,26 +258,27 @@ class FlatnessMeasures:
     """
 
     def __init__(self, epsilon: float = PAPER_EPSILON, step_size: float = PAPER_STEP_SIZE, norm: Norm = "linf",
-                 random_start: bool = True, reference_steps: int = 20, reference_restarts: int = 10,
-                 average_xi: float = 0.5, samples: int = 10, average_steps: int = 20, average_restarts: int = 1,
-                 worst_xi: float = 0.003, worst_iterations: int = 20, worst_restarts: int = 10,
+                 random_start: bool = True, reference_pgd_steps: int = 20, reference_pgd_restarts: int = 10,
+                 average_xi: float = 0.5, samples: int = 10, average_pgd_steps: int = 20,
+                 average_pgd_restarts: int = 1,
+                 worst_xi: float = 0.003, ascent_iterations: int = 20, ascent_restarts: int = 10,
                  worst_lr: float = 0.001, max_examples: Optional[int] = 1000, parallel: int = 10,
                  which: Selection = "all") -> None:
-        for name, value in (("samples", samples), ("worst_iterations", worst_iterations),
-                            ("worst_restarts", worst_restarts), ("parallel", parallel)):
+        for name, value in (("samples", samples), ("ascent_iterations", ascent_iterations),
+                            ("ascent_restarts", ascent_restarts), ("parallel", parallel)):
             check(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
         check(average_xi > 0, "average_xi", average_xi, "a number > 0 (relative radius per layer)")
         check(worst_xi > 0, "worst_xi", worst_xi, "a number > 0 (relative radius per layer)")
         check(worst_lr > 0, "worst_lr", worst_lr, "a number > 0")
         check(max_examples is None or max_examples >= 1, "max_examples", max_examples, "None or an integer >= 1")
         check_choice(which, "which", ("all", "weights"))
-        self.reference_attack = PGD(epsilon, step_size, reference_steps, restarts=reference_restarts, norm=norm,
-                                    random_start=random_start)
-        self.average_attack = PGD(epsilon, step_size, average_steps, restarts=average_restarts, norm=norm,
-                                  random_start=random_start)
+        self.reference_attack = PGD(epsilon, step_size, reference_pgd_steps, restarts=reference_pgd_restarts,
+                                    norm=norm, random_start=random_start)
+        self.average_attack = PGD(epsilon, step_size, average_pgd_steps, restarts=average_pgd_restarts,
+                                  norm=norm, random_start=random_start)
         self.average_xi, self.samples = average_xi, samples
-        self.worst_xi, self.worst_iterations, self.worst_restarts, self.worst_lr = (
-            worst_xi, worst_iterations, worst_restarts, worst_lr)
+        self.worst_xi, self.ascent_iterations, self.ascent_restarts, self.worst_lr = (
+            worst_xi, ascent_iterations, ascent_restarts, worst_lr)
         self.max_examples, self.parallel, self.which = max_examples, parallel, which
 
     def __call__(self, model: nn.Module, loader: Iterable, measures: Sequence[Measure] = MEASURES,
@@ -328,8 +329,8 @@ class FlatnessMeasures:
                         losses = losses_at(model, names, weights, nus, x, y, attack, self.parallel)
                         add(f"{measure}/samples", losses.sum(dim=1))
                     else:
-                        means, _ = joint_ascent(model, names, weights, worst, x, y, attack, self.worst_iterations,
-                                                self.worst_lr, self.worst_restarts, self.parallel, generator)
+                        means, _ = joint_ascent(model, names, weights, worst, x, y, attack, self.ascent_iterations,
+                                                self.worst_lr, self.ascent_restarts, self.parallel, generator)
                         add(f"{measure}/samples", means * len(y))
                         add(f"{measure}/max", means.max() * len(y))
         return self._results(totals, measures, reduce, device)
@@ -348,7 +349,7 @@ class FlatnessMeasures:
                  device: torch.device) -> Dict[str, FlatnessResult]:
         layout = [("count", 1)]
         for measure in measures:
-            samples = self.samples if measure.startswith("avg") else self.worst_restarts
+            samples = self.samples if measure.startswith("avg") else self.ascent_restarts
             layout += [(f"{measure}/reference", 1), (f"{measure}/samples", samples)]
             if measure.startswith("worst"):
                 layout.append((f"{measure}/max", 1))
@@ -376,15 +377,16 @@ class FlatnessMeasures:
 
 def average_case_flatness(model: nn.Module, loader: Iterable, xi: float = 0.5, samples: int = 10,
                           loss: LossKind = "rloss", epsilon: float = PAPER_EPSILON, step_size: float = PAPER_STEP_SIZE,
-                          steps: int = 20, restarts: int = 1, reference_steps: int = 20, reference_restarts: int = 10,
+                          pgd_steps: int = 20, pgd_restarts: int = 1, reference_pgd_steps: int = 20,
+                          reference_pgd_restarts: int = 10,
                           norm: Norm = "linf", random_start: bool = True, max_examples: Optional[int] = 1000,
                           parallel: int = 10, which: Selection = "all", reduce: Optional[Reduce] = None,
                           generator: Optional[torch.Generator] = None) -> FlatnessResult:
     """Average-case flatness, E_nu[RLoss(w + nu)] - RLoss(w) (papers/003 Eq. 1; papers/001 Eq. 3).
 
     Per batch, ``samples`` fresh nu uniformly on the per-layer sphere of B_xi(w) (papers/003 Eq. 2);
-    RLoss(w + nu) by PGD with ``steps`` iterations and ``restarts`` restarts, RLoss(w) by PGD with
-    ``reference_steps`` and ``reference_restarts`` (worst case per example). With ``loss="loss"``
+    RLoss(w + nu) by PGD with ``pgd_steps`` iterations and ``pgd_restarts`` restarts, RLoss(w) by PGD with
+    ``reference_pgd_steps`` and ``reference_pgd_restarts`` (worst case per example). With ``loss="loss"``
     the clean cross-entropy instead. The standard deviation is over the samples (papers/001 Fig. D).
 
     Args:
@@ -395,10 +397,10 @@ def average_case_flatness(model: nn.Module, loader: Iterable, xi: float = 0.5, s
         loss: ``"rloss"`` (robust loss) or ``"loss"`` (clean loss).
         epsilon: radius of the input threat model.
         step_size: PGD step size.
-        steps: PGD iterations on each perturbed network (20).
-        restarts: PGD restarts on each perturbed network (1).
-        reference_steps: PGD iterations of the reference (20).
-        reference_restarts: PGD restarts of the reference (10).
+        pgd_steps: PGD iterations on each perturbed network (20).
+        pgd_restarts: PGD restarts on each perturbed network (1).
+        reference_pgd_steps: PGD iterations of the reference (20).
+        reference_pgd_restarts: PGD restarts of the reference (10).
         norm: input threat model.
         random_start: PGD starts at a random point of the ball.
         max_examples: at most this many examples from the start of the loader (1000).
@@ -409,37 +411,40 @@ def average_case_flatness(model: nn.Module, loader: Iterable, xi: float = 0.5, s
     """
     check_choice(loss, "loss", ("rloss", "loss"))
     measures = FlatnessMeasures(epsilon=epsilon, step_size=step_size, norm=norm, random_start=random_start,
-                                reference_steps=reference_steps, reference_restarts=reference_restarts,
-                                average_xi=xi, samples=samples, average_steps=steps, average_restarts=restarts,
+                                reference_pgd_steps=reference_pgd_steps, reference_pgd_restarts=reference_pgd_restarts,
+                                average_xi=xi, samples=samples, average_pgd_steps=pgd_steps,
+                                average_pgd_restarts=pgd_restarts,
                                 max_examples=max_examples, parallel=parallel, which=which)
     return measures(model, loader, (f"avg_{loss}",), reduce, generator)[f"avg_{loss}"]
 
 
-def worst_case_flatness(model: nn.Module, loader: Iterable, xi: float = 0.003, iterations: int = 20,
-                        restarts: int = 10, lr: float = 0.001, loss: LossKind = "rloss", epsilon: float = PAPER_EPSILON,
-                        step_size: float = PAPER_STEP_SIZE, reference_steps: int = 20, reference_restarts: int = 10,
+def worst_case_flatness(model: nn.Module, loader: Iterable, xi: float = 0.003, ascent_iterations: int = 20,
+                        ascent_restarts: int = 10, lr: float = 0.001, loss: LossKind = "rloss",
+                        epsilon: float = PAPER_EPSILON, step_size: float = PAPER_STEP_SIZE,
+                        reference_pgd_steps: int = 20, reference_pgd_restarts: int = 10,
                         norm: Norm = "linf", random_start: bool = True, max_examples: Optional[int] = 1000,
                         parallel: int = 10, which: Selection = "all", reduce: Optional[Reduce] = None,
                         generator: Optional[torch.Generator] = None) -> FlatnessResult:
     """Worst-case flatness, max_{nu in B_xi(w)} RLoss(w + nu) - RLoss(w) (papers/001 Eq. 5-7).
 
-    Per batch, :func:`joint_ascent` on nu and delta with ``restarts`` restarts; the batch's maximum
-    over the restarts of the mean loss is the first term. The reference is RLoss(w) by PGD with
-    ``reference_steps`` and ``reference_restarts`` (worst case per example). With ``loss="loss"``
+    Per batch, :func:`joint_ascent` on nu and delta, ``ascent_restarts`` restarts of
+    ``ascent_iterations`` iterations; the batch's maximum over the restarts of the mean loss is the
+    first term. The reference is RLoss(w) by PGD with
+    ``reference_pgd_steps`` and ``reference_pgd_restarts`` (worst case per example). With ``loss="loss"``
     the clean cross-entropy, ascent on nu alone. The standard deviation is over the restarts.
 
     Args:
         model: the network; left exactly as it was.
         loader: batches ``(x, y)`` of [0, 1] images and labels.
         xi: relative radius of B_xi(w) (0.003).
-        iterations: ascent iterations (20).
-        restarts: restarts per batch, maximum taken (10).
+        ascent_iterations: iterations of the joint ascent (20).
+        ascent_restarts: restarts of the joint ascent per batch, maximum taken (10).
         lr: learning rate of nu after per-layer normalisation of its gradient (0.001).
         loss: ``"rloss"`` (robust loss) or ``"loss"`` (clean loss).
         epsilon: radius of the input threat model.
         step_size: delta's step (signed gradient for L-inf), as PGD's.
-        reference_steps: PGD iterations of the reference (20).
-        reference_restarts: PGD restarts of the reference (10).
+        reference_pgd_steps: PGD iterations of the reference (20).
+        reference_pgd_restarts: PGD restarts of the reference (10).
         norm: input threat model.
         random_start: delta starts at a random point of the ball.
         max_examples: at most this many examples from the start of the loader (1000).
@@ -450,7 +455,8 @@ def worst_case_flatness(model: nn.Module, loader: Iterable, xi: float = 0.003, i
     """
     check_choice(loss, "loss", ("rloss", "loss"))
     measures = FlatnessMeasures(epsilon=epsilon, step_size=step_size, norm=norm, random_start=random_start,
-                                reference_steps=reference_steps, reference_restarts=reference_restarts,
-                                worst_xi=xi, worst_iterations=iterations, worst_restarts=restarts, worst_lr=lr,
+                                reference_pgd_steps=reference_pgd_steps, reference_pgd_restarts=reference_pgd_restarts,
+                                worst_xi=xi, ascent_iterations=ascent_iterations, ascent_restarts=ascent_restarts,
+                                worst_lr=lr,
                                 max_examples=max_examples, parallel=parallel, which=which)
     return measures(model, loader, (f"worst_{loss}",), reduce, generator)[f"worst_{loss}"]

@@ -77,7 +77,7 @@ def _run(tmp_path, processes):
         "--config", os.path.join(CALLBACKS, "weight_clipping.yaml"),
         "--trainer.callbacks.init_args.max_value", "0.25",
         "--trainer.callbacks+=callbacks.flatness_monitor.FlatnessMonitor",
-        "--trainer.callbacks.measures", "[avg_rloss]", "--trainer.callbacks.examples", "32",
+        "--trainer.callbacks.measures", "[avg_rloss]", "--trainer.callbacks.fit.examples", "32",
         "--trainer.callbacks.every_n_epochs", "2",
         "--config", os.path.join(CALLBACKS, "robust_early_stopping.yaml"), "--trainer.callbacks.init_args.steps", "3",
         "--trainer.callbacks.init_args.restarts", "2", "--trainer.callbacks.init_args.every_n_epochs", "1",

@@ -39,8 +39,8 @@ def setup():
 
 
 def cheap(**kwargs) -> FlatnessMeasures:
-    settings = dict(epsilon=EPSILON, step_size=STEP, random_start=False, reference_steps=3, reference_restarts=1,
-                    samples=3, average_steps=3, worst_iterations=3, worst_restarts=2)
+    settings = dict(epsilon=EPSILON, step_size=STEP, random_start=False, reference_pgd_steps=3,
+                    reference_pgd_restarts=1, samples=3, average_pgd_steps=3, ascent_iterations=3, ascent_restarts=2)
     settings.update(kwargs)
     return FlatnessMeasures(**settings)
 
@@ -77,7 +77,7 @@ def test_average_case_clean_loss_matches_eq_3_by_hand(setup):
 def test_worst_case_one_step_matches_eq_6_by_hand(setup):
     model, _, x, y = setup
     batch = [(x, y)]
-    result = worst_case_flatness(model, batch, xi=0.05, iterations=1, restarts=1, lr=0.01, loss="loss",
+    result = worst_case_flatness(model, batch, xi=0.05, ascent_iterations=1, ascent_restarts=1, lr=0.01, loss="loss",
                                  parallel=1, generator=torch.Generator().manual_seed(3))
     _, weights = names_and_weights(model)
     neighbourhood = Neighbourhood(weights, 0.05)
@@ -142,7 +142,7 @@ def test_flatness_vanishes_as_xi_goes_to_zero(setup):
 
 def test_worst_case_is_at_least_average_case_at_equal_xi(setup):
     model, batches, _, _ = setup
-    results = cheap(average_xi=0.02, worst_xi=0.02, worst_iterations=10, worst_lr=0.005)(model, batches)
+    results = cheap(average_xi=0.02, worst_xi=0.02, ascent_iterations=10, worst_lr=0.005)(model, batches)
     assert results["worst_rloss"].flatness >= results["avg_rloss"].flatness
     assert results["worst_loss"].flatness >= results["avg_loss"].flatness
     assert results["worst_loss"].flatness > 0
@@ -194,7 +194,7 @@ def test_scale_invariance_of_flatness_but_not_of_lambda_max(setup):
     model = ConvBNNet()
     model.train()
     trained(model, x, y, steps=30)
-    meter = cheap(random_start=True, samples=4, worst_restarts=2)
+    meter = cheap(random_start=True, samples=4, ascent_restarts=2)
     flatness, lambdas = {}, {}
     for s in (1.0, 0.5, 2.0):
         network = scaled(model, s)

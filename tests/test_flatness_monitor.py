@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import WeightAveraging as LightningWeightAveraging
 
-from callbacks.flatness_monitor import FlatnessMonitor
+from callbacks.flatness_monitor import PAPER_SETTINGS, FlatnessMonitor, FlatnessSettings
 from lit_robust.errors import ConfigurationError
 from lit_robust.weights import names_and_weights
 from tests.conftest import ROOT, run_train
@@ -33,9 +33,11 @@ def test_flatness_config_logs_the_curves_per_epoch_and_writes_metrics_json(tmp_p
                       "--trainer.enable_progress_bar", "false", "--model.init_args.model.init_args.width", "4",
                       "--model.init_args.test_steps", "1", "--model.init_args.test_restarts", "1",
                       "--model.init_args.test_on_train", "false",
-                      "--trainer.callbacks.examples", "16", "--trainer.callbacks.steps", "2",
-                      "--trainer.callbacks.test_examples", "16", "--trainer.callbacks.test_samples", "2",
-                      "--trainer.callbacks.test_steps", "2", "--trainer.callbacks.test_restarts", "1"],
+                      "--trainer.callbacks.fit.examples", "16", "--trainer.callbacks.fit.pgd_steps", "2",
+                      "--trainer.callbacks.test.examples", "16", "--trainer.callbacks.test.samples", "2",
+                      "--trainer.callbacks.test.pgd_steps", "2", "--trainer.callbacks.test.pgd_restarts", "1",
+                      "--trainer.callbacks.test.ascent_iterations", "2", "--trainer.callbacks.test.ascent_restarts",
+                      "1"],
                      cwd=str(tmp_path))
     assert code == 0
     run = tmp_path / "logs" / "digits_at" / "version_0"
@@ -75,7 +77,8 @@ def test_measures_the_averaged_weights_whatever_the_callback_order(digits):
     # Lightning's WeightAveraging first: its on_validation_epoch_end swaps the current weights back
     # before a later callback's on_validation_epoch_end would run
     averaging, recorder = LightningWeightAveraging(), WeightRecorder()
-    monitor = RecordingMonitor(examples=16, samples=2, steps=1, measures=("avg_loss",))
+    monitor = RecordingMonitor(fit=FlatnessSettings(examples=16, samples=2, pgd_steps=1, ascent_iterations=1),
+                               measures=("avg_loss",))
     trainer = Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, accelerator="cpu", logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       inference_mode=False, num_sanity_val_steps=0, callbacks=[averaging, recorder, monitor])
@@ -88,13 +91,33 @@ def test_measures_the_averaged_weights_whatever_the_callback_order(digits):
     assert "flatness/avg_loss" in trainer.callback_metrics
 
 
+def test_settings_reach_the_meter_under_one_name_per_meaning():
+    # the defaults: cheap per epoch, the paper's on test (papers/001 Sec. D)
+    monitor = FlatnessMonitor()
+    assert monitor.settings == {"fit": FlatnessSettings(), "test": PAPER_SETTINGS}
+    assert (PAPER_SETTINGS.examples, PAPER_SETTINGS.samples, PAPER_SETTINGS.hutchinson_samples) == (1000, 10, 100)
+    # each setting goes to its own place: PGD steps / restarts to the reference (perturbed networks: one
+    # restart), ascent iterations / restarts to the worst-case joint ascent
+    settings = FlatnessSettings(examples=5, samples=4, pgd_steps=7, pgd_restarts=3, ascent_iterations=11,
+                                ascent_restarts=2)
+    meter = FlatnessMonitor(test=settings)._meter("test", epsilon=0.1, step_size=0.02, norm="linf")
+    assert (meter.reference_attack.steps, meter.reference_attack.restarts) == (7, 3)
+    assert (meter.average_attack.steps, meter.average_attack.restarts) == (7, 1)
+    assert (meter.ascent_iterations, meter.ascent_restarts, meter.samples) == (11, 2, 4)
+
+
 def test_every_n_epochs_and_checks():
     with pytest.raises(ConfigurationError, match="measures"):
         FlatnessMonitor(measures=("sharpness",))
     with pytest.raises(ConfigurationError, match="fit_splits"):
         FlatnessMonitor(fit_splits=("validation",))
-    with pytest.raises(ConfigurationError, match="samples"):
-        FlatnessMonitor(samples=0)
+    for stage in ("fit", "test"):
+        for name in ("examples", "samples", "pgd_steps", "pgd_restarts", "ascent_iterations", "ascent_restarts",
+                     "adaptive_samples", "hutchinson_samples"):
+            with pytest.raises(ConfigurationError, match=rf"^{stage}\.{name}=0 is not allowed: .*integer >= 1"):
+                FlatnessMonitor(**{stage: FlatnessSettings(**{name: 0})})
+    with pytest.raises(ConfigurationError, match="^test="):
+        FlatnessMonitor(test={"examples": 10})
     with pytest.raises(ConfigurationError, match="every_n_epochs"):
         FlatnessMonitor(every_n_epochs=-1)
 
@@ -108,7 +131,8 @@ def measured_during_fit(devices: int) -> dict:
             m.momentum = 0.0
     model.optimizer = functools.partial(torch.optim.SGD, lr=0.0)
     # parallel=1: the in-place path, whose weight gradients must not reach DDP's gradient hooks
-    monitor = FlatnessMonitor(batch_size=16, examples=64, samples=6, steps=2, restarts=2, parallel=1)
+    monitor = FlatnessMonitor(batch_size=16, fit=FlatnessSettings(examples=64, samples=6, pgd_steps=2, pgd_restarts=2,
+                                                                  ascent_iterations=2, ascent_restarts=2), parallel=1)
     strategy = "ddp" if devices > 1 else "auto"
     trainer = Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0,
                       accelerator="cpu", devices=devices, strategy=strategy, logger=False, enable_checkpointing=False,

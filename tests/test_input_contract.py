@@ -116,9 +116,10 @@ class NoTestSplit(LightningDataModule):
 
 
 def test_flatness_monitor_skips_what_a_data_module_without_test_split_cannot_give():
-    from callbacks.flatness_monitor import FlatnessMonitor
+    from callbacks.flatness_monitor import FlatnessMonitor, FlatnessSettings
 
-    monitor = FlatnessMonitor(examples=8, samples=1, steps=1, batch_size=8)
+    monitor = FlatnessMonitor(fit=FlatnessSettings(examples=8, samples=1, pgd_steps=1, ascent_iterations=1),
+                              batch_size=8)
     with pytest.warns(UserWarning, match="has no test_dataloader; the measures on the eval split are skipped"):
         trainer(limit_train_batches=1, limit_val_batches=1, callbacks=[monitor]).fit(
             PGDAT(SmallCNN(width=4), **SMALL), datamodule=NoTestSplit())

@@ -14,7 +14,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.flatness_monitor import EXTRA_MEASURES, FlatnessMonitor
+from callbacks.flatness_monitor import EXTRA_MEASURES, FlatnessMonitor, FlatnessSettings
 from lit_robust.adaptive_sharpness import adaptive_sharpness
 from lit_robust.errors import ConfigurationError
 from lit_robust.hessian_trace import hessian_trace
@@ -188,16 +188,19 @@ def test_bad_settings():
         pac_bayes_flatness(model, batches, target=0.0)
     with pytest.raises(ConfigurationError, match="adaptive_worst_rloss_linf"):  # the message lists every name
         FlatnessMonitor(measures=("adaptive_worst_rloss_l3",))
-    for kwargs in (dict(adaptive_rho=0.0), dict(adaptive_rho_linf=-1.0), dict(test_hutchinson_samples=0),
-                   dict(pac_bayes_samples=0)):
-        with pytest.raises(ConfigurationError, match=next(iter(kwargs))):
+    for kwargs, name in ((dict(adaptive_rho=0.0), "adaptive_rho"), (dict(adaptive_rho_linf=-1.0), "adaptive_rho_linf"),
+                         (dict(test=FlatnessSettings(hutchinson_samples=0)), "test.hutchinson_samples"),
+                         (dict(fit=FlatnessSettings(adaptive_samples=0)), "fit.adaptive_samples"),
+                         (dict(pac_bayes_samples=0), "pac_bayes_samples")):
+        with pytest.raises(ConfigurationError, match=f"^{name}="):
             FlatnessMonitor(**kwargs)
 
 
 def monitored(devices: int):
     """The test of a fixed (seeded) module with every measure beyond the paper's; the monitor's results."""
-    monitor = FlatnessMonitor(measures=EXTRA_MEASURES, test_splits=("eval",), batch_size=16, test_examples=32,
-                              test_samples=2, test_steps=2, test_restarts=1, test_hutchinson_samples=3,
+    monitor = FlatnessMonitor(measures=EXTRA_MEASURES, test_splits=("eval",), batch_size=16,
+                              test=FlatnessSettings(examples=32, samples=2, pgd_steps=2, pgd_restarts=1,
+                                                    ascent_iterations=2, ascent_restarts=1, hutchinson_samples=3),
                               pac_bayes_search_depth=3, pac_bayes_samples=1, parallel=1)
     trainer = Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -286,10 +289,9 @@ def test_measures_config_runs_every_measure_from_the_command_line(tmp_path):
                       "--trainer.enable_progress_bar", "false", "--model.init_args.model.init_args.width", "2",
                       "--model.init_args.test_steps", "1", "--model.init_args.test_restarts", "1",
                       "--model.init_args.test_on_train", "false", "--trainer.callbacks.test_splits", "[eval]",
-                      "--trainer.callbacks.test_examples", "8", "--trainer.callbacks.test_samples", "1",
-                      "--trainer.callbacks.test_steps", "1", "--trainer.callbacks.test_restarts", "1",
-                      "--trainer.callbacks.test_hutchinson_samples", "1", "--trainer.callbacks.test_adaptive_samples",
-                      "1", "--trainer.callbacks.pac_bayes_search_depth", "1"], cwd=str(tmp_path))
+                      "--trainer.callbacks.test", "{examples: 8, samples: 1, pgd_steps: 1, pgd_restarts: 1, "
+                      "ascent_iterations: 1, ascent_restarts: 1, hutchinson_samples: 1, adaptive_samples: 1}",
+                      "--trainer.callbacks.pac_bayes_search_depth", "1"], cwd=str(tmp_path))
     assert code == 0
     (path,) = tmp_path.glob("logs/*/version_0/metrics.json")
     metrics = json.loads(path.read_text())

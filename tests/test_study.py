@@ -19,8 +19,9 @@ trainer:
   enable_progress_bar: false
   callbacks+:
     - class_path: callbacks.FlatnessMonitor
-      init_args: {examples: 16, samples: 1, steps: 1, test_examples: 16, test_samples: 1, test_steps: 1,
-                  test_restarts: 1, measures: [avg_rloss, avg_loss]}
+      init_args: {fit: {examples: 16, samples: 1, pgd_steps: 1, ascent_iterations: 1},
+                  test: {examples: 16, samples: 1, pgd_steps: 1, pgd_restarts: 1, ascent_iterations: 1,
+                         ascent_restarts: 1}, measures: [avg_rloss, avg_loss]}
     - class_path: callbacks.RobustEarlyStopping
       init_args: {every_n_epochs: 1, steps: 2, restarts: 1}
     - class_path: pytorch_lightning.callbacks.ModelCheckpoint
