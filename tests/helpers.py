@@ -7,6 +7,7 @@ import socket
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pytorch_lightning import Callback, LightningModule, Trainer, seed_everything
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -185,3 +186,16 @@ class SaveWeightsPerRank(Callback):
     def on_train_end(self, trainer, pl_module):
         weights = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
         torch.save(weights, os.path.join(self.directory, f"rank{trainer.global_rank}.pt"))
+
+
+def trained(model: nn.Module, x, y, steps: int, lr: float) -> nn.Module:
+    """``model`` after ``steps`` full-batch SGD steps (momentum 0.9) on cross-entropy of ``(x, y)``, in eval
+    mode with no gradients left in ``.grad``."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    for p in model.parameters():
+        p.grad = None
+    return model.eval()

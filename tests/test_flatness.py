@@ -12,19 +12,13 @@ from lit_robust.flatness import FlatnessMeasures, average_case_flatness, worst_c
 from lit_robust.landscape import hessian_max_eigenvalue
 from lit_robust.models import SmallCNN
 from lit_robust.weights import Neighbourhood, names_and_weights
+from tests import helpers
 
 EPSILON, STEP = 0.1, 0.025
 
 
 def trained(model: nn.Module, x, y, steps: int = 40) -> nn.Module:
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    for p in model.parameters():
-        p.grad = None
-    return model.eval()
+    return helpers.trained(model, x, y, steps=steps, lr=0.1)
 
 
 @pytest.fixture(scope="module")

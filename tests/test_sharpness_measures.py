@@ -21,6 +21,7 @@ from lit_robust.hessian_trace import hessian_trace
 from lit_robust.models import SmallCNN
 from lit_robust.pac_bayes import pac_bayes_flatness
 from lit_robust.relative_flatness import relative_flatness
+from tests import helpers
 from tests.helpers import RandomImages, free_port, small_pgdat
 
 EPSILON, STEP = 0.1, 0.025
@@ -38,16 +39,9 @@ def data():
     return x[:128], y[:128]
 
 
-def trained(model: nn.Module, x, y, steps: int = 60) -> nn.Module:
+def trained(model: nn.Module, x, y) -> nn.Module:
     torch.manual_seed(0)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    for p in model.parameters():
-        p.grad = None
-    return model.eval()
+    return helpers.trained(model, x, y, steps=60, lr=0.2)
 
 
 def rescaled(model: nn.Sequential, alpha: torch.Tensor) -> nn.Sequential:
