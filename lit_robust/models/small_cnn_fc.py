@@ -2,15 +2,13 @@
 
 from typing import Optional, Sequence, Type, Union
 
-from torch import Tensor, nn
+from torch import nn
 
 from lit_robust.errors import check
-from lit_robust.models.activations import get_activation
-from lit_robust.models.normalize import Normalize
-from lit_robust.models.small_cnn import DIGITS_MEAN, DIGITS_STD, conv_block
+from lit_robust.models.small_cnn import DIGITS_MEAN, DIGITS_STD, SmallDigitsNetwork
 
 
-class SmallCNNFC(nn.Module):
+class SmallCNNFC(SmallDigitsNetwork):
     """Two 3x3 conv + batch-norm + activation blocks, one 2x2 max-pool, flatten, two fully connected layers.
 
     Unlike :class:`~lit_robust.models.small_cnn.SmallCNN` (global average pooling), the flattened
@@ -37,31 +35,10 @@ class SmallCNNFC(nn.Module):
                  hidden: int = 256, activation: Union[str, Type[nn.Module]] = "relu",
                  activation_kwargs: Optional[dict] = None, dropout: float = 0.0,
                  mean: Sequence[float] = DIGITS_MEAN, std: Sequence[float] = DIGITS_STD) -> None:
-        super().__init__()
-        check(num_classes >= 2, "num_classes", num_classes, "an integer >= 2")
-        self.num_classes = num_classes  # the output size, checked against the data module's
+        super().__init__(num_classes, width, activation, activation_kwargs, dropout, mean, std)
         check(image_size >= 2 and image_size % 2 == 0, "image_size", image_size, "an even integer >= 2")
-        check(width >= 1, "width", width, "an integer >= 1")
         check(hidden >= 1, "hidden", hidden, "an integer >= 1")
-        check(0 <= dropout < 1, "dropout", dropout, "a probability in [0, 1)")
-        kwargs = activation_kwargs or {}
-        get_activation(activation, **kwargs)  # fail early on a bad name, before any layer exists
-
-        def block(cin: int, cout: int) -> nn.Sequential:
-            return conv_block(cin, cout, activation, kwargs)
-
-        self.normalize = Normalize(mean, std)
         flat = 2 * width * (image_size // 2) ** 2
-        self.features = nn.Sequential(
-            block(in_channels, width), block(width, 2 * width), nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(flat, hidden), get_activation(activation, **kwargs))
-        self.num_features = hidden
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(self.num_features, num_classes)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Penultimate features (after the hidden layer), shape (B, num_features)."""
-        return self.features(self.normalize(x))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.dropout(self.forward_features(x)))
+        self.set_features(nn.Sequential(
+            self.block(in_channels, width), self.block(width, 2 * width), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(flat, hidden), self.activation()), hidden)
