@@ -50,7 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import lit_robust.modules  # noqa: E402
-from callbacks import StochasticWeightAveraging  # noqa: E402
+from lit_robust.callbacks import StochasticWeightAveraging  # noqa: E402
 from lit_robust.data import AdversarialDataModule, PseudoLabeledDataModule  # noqa: E402
 from lit_robust.models import ResNet18, SmallCNN  # noqa: E402
 from lit_robust.modules import KDSWA, PGDAT, AdversarialModule, TemporalEnsembling  # noqa: E402

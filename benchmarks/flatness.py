@@ -30,7 +30,7 @@ from pytorch_lightning import Callback, Trainer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from callbacks.flatness_monitor import FlatnessMonitor  # noqa: E402
+from lit_robust.callbacks.flatness_monitor import FlatnessMonitor  # noqa: E402
 from lit_robust.cli import TRAINER_DEFAULTS, RobustCLI  # noqa: E402
 from lit_robust.data import AdversarialDataModule, DigitsDataModule  # noqa: E402
 from lit_robust.flatness import FlatnessMeasures  # noqa: E402

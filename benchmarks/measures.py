@@ -3,7 +3,7 @@
     python benchmarks/measures.py [--examples 32] [--test]
 
 Trains ``configs/digits/at.yaml`` for one epoch (timing the training batches), then times each
-measure of :class:`callbacks.FlatnessMonitor` once on the first ``--examples`` evaluation examples
+measure of :class:`lit_robust.callbacks.FlatnessMonitor` once on the first ``--examples`` evaluation examples
 with the monitor's per-epoch settings (``--test``: the settings of ``configs/callbacks/measures.yaml``
 on 200 examples), in one run, and prints each time as a fraction of the epoch. Wall-clock and CPU
 time of this process (the latter less disturbed on a shared machine).
@@ -22,7 +22,7 @@ from torch.utils.data import Subset
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from callbacks.flatness_monitor import ALL_MEASURES, FlatnessMonitor, FlatnessSettings  # noqa: E402
+from lit_robust.callbacks.flatness_monitor import ALL_MEASURES, FlatnessMonitor, FlatnessSettings  # noqa: E402
 from lit_robust.cli import TRAINER_DEFAULTS, RobustCLI  # noqa: E402
 from lit_robust.data import AdversarialDataModule  # noqa: E402
 from lit_robust.evaluation import loader  # noqa: E402

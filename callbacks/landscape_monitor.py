@@ -10,7 +10,6 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import Subset
 from typing_extensions import override
 
-from callbacks.flatness_monitor import ScheduledMeasurement
 from lit_robust.attacks import PGD, threat_model_of
 from lit_robust.errors import check, check_choice
 from lit_robust.evaluation import loader
@@ -29,6 +28,8 @@ from lit_robust.landscape import (
     random_directions,
 )
 from lit_robust.weights import names_and_weights, normalize_direction
+
+from .flatness_monitor import ScheduledMeasurement
 
 KINDS = ("random", "adversarial", "hessian")
 
@@ -50,7 +51,7 @@ class LandscapeMonitor(ScheduledMeasurement):
     weight space (papers/001 Table A), and ``flatness/input_lambda_max``, the mean over the batch of
     the largest eigenvalue of the input Hessian (papers/004 Fig. 3). Only the process of rank 0
     measures; the weights are those of validation (see
-    :class:`~callbacks.flatness_monitor.ScheduledMeasurement`). The input threat model is the module's.
+    :class:`~lit_robust.callbacks.flatness_monitor.ScheduledMeasurement`). The input threat model is the module's.
 
     Args:
         every_n_epochs: during fit, after every this many epochs; 0 only on test.

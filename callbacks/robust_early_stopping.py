@@ -34,7 +34,7 @@ class RobustEarlyStopping(Callback):
 
     The measurement is made during the trainer's validation (the data module's
     ``val_dataloader``, the held-out split), so it sees what validation sees, e.g. the averaged
-    weights of :class:`~callbacks.weight_averaging.WeightAveraging`:
+    weights of :class:`~lit_robust.callbacks.weight_averaging.WeightAveraging`:
 
     * when the module's ``val_attack`` is this very attack (an
       :class:`~lit_robust.modules.base.AdversarialModule` with ``val_steps``, ``val_restarts``,

@@ -8,8 +8,9 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import update_bn
 from typing_extensions import override
 
-from callbacks.weight_averaging import AveragedWeightsInValidation
 from lit_robust.errors import check
+
+from .weight_averaging import AveragedWeightsInValidation
 
 
 class EqualAverage:
@@ -51,8 +52,8 @@ class StochasticWeightAveraging(AveragedWeightsInValidation):
     Why not Lightning's :class:`~pytorch_lightning.callbacks.StochasticWeightAveraging`: it replaces
     the scheduler by its own ``SWALR`` and puts the averaged weights in the module only when training
     ends, so validation, early stopping and flatness would measure the current weights. This callback
-    is built, like :class:`~callbacks.weight_averaging.WeightAveraging`, on
-    :class:`~callbacks.weight_averaging.AveragedWeightsInValidation`: once something is collected,
+    is built, like :class:`~lit_robust.callbacks.weight_averaging.WeightAveraging`, on
+    :class:`~lit_robust.callbacks.weight_averaging.AveragedWeightsInValidation`: once something is collected,
     the averaged weights are in the module for the whole validation run (held-out early stopping and
     flatness see them), they are the checkpoints' ``state_dict`` (the current weights are
     ``current_model_state``, from which a resumed run continues) and they replace the current weights

@@ -21,7 +21,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from callbacks.metrics_file import MetricsFile
+from lit_robust.callbacks.metrics_file import MetricsFile
 from lit_robust.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from lit_robust.data.base import AdversarialDataModule
 from lit_robust.errors import ConfigurationError, check
@@ -40,7 +40,7 @@ class RobustCLI(LightningCLI):
     """LightningCLI for an :class:`AdversarialModule` and an :class:`AdversarialDataModule` (subclass mode).
 
     After ``fit`` it tests the final weights (``--test_after_fit false`` to skip), writing
-    ``metrics.json`` (:class:`~callbacks.metrics_file.MetricsFile`, added to every run), and logs a summary
+    ``metrics.json`` (:class:`~lit_robust.callbacks.metrics_file.MetricsFile`, added to every run), and logs a summary
     with the TensorBoard command.
     """
 

@@ -62,7 +62,7 @@ def not_a_checkpoint(directory):
     return path
 
 
-CALLBACK = "--trainer.callbacks+={}"
+CALLBACK = "--trainer.callbacks+=lit_robust.callbacks.{}"
 # (setting the message must name, arguments after "fit", a function making a file the arguments name)
 TABLE = [
     ("epsilon", ["--config", AT, "--model.init_args.epsilon", "-0.1"], None),
@@ -79,18 +79,18 @@ TABLE = [
                   "--data.init_args.data_dir", "{file}"], corrupt_cifar10),
     ("label_noise", ["--config", AT, "--model.init_args.label_noise", "1.5"], None),
     ("label_smoothing", ["--config", AT, "--model.init_args.label_smoothing", "-0.1"], None),
-    ("decay", ["--config", AT, CALLBACK.format("callbacks.WeightAveraging"), "--trainer.callbacks.decay", "1.0"],
+    ("decay", ["--config", AT, CALLBACK.format("WeightAveraging"), "--trainer.callbacks.decay", "1.0"],
      None),
-    ("decay", ["--config", AT, CALLBACK.format("callbacks.WeightAveraging"), "--trainer.callbacks.decay", "-0.5"],
+    ("decay", ["--config", AT, CALLBACK.format("WeightAveraging"), "--trainer.callbacks.decay", "-0.5"],
      None),
-    ("max_value", ["--config", AT, CALLBACK.format("callbacks.WeightClipping"), "--trainer.callbacks.max_value", "0"],
+    ("max_value", ["--config", AT, CALLBACK.format("WeightClipping"), "--trainer.callbacks.max_value", "0"],
      None),
-    ("every_n_epochs", ["--config", AT, CALLBACK.format("callbacks.RobustEarlyStopping"),
+    ("every_n_epochs", ["--config", AT, CALLBACK.format("RobustEarlyStopping"),
                         "--trainer.callbacks.every_n_epochs", "0"], None),
-    ("patience", ["--config", AT, CALLBACK.format("callbacks.RobustEarlyStopping"),
+    ("patience", ["--config", AT, CALLBACK.format("RobustEarlyStopping"),
                   "--trainer.callbacks.patience", "0"], None),
     ("xi", ["--config", AWP, "--model.init_args.xi", "-0.01"], None),
-    ("average_xi", ["--config", AT, CALLBACK.format("callbacks.flatness_monitor.FlatnessMonitor"),
+    ("average_xi", ["--config", AT, CALLBACK.format("flatness_monitor.FlatnessMonitor"),
                     "--trainer.callbacks.average_xi", "-0.5"], None),
     ("pseudo_labeled_path", ["--config", AT, "--config", UNLABELED, "--data.init_args.pseudo_labeled_path", "{file}"],
      wrong_shape_pseudo_labels),
@@ -116,13 +116,13 @@ TABLE = [
     ("val_steps", ["--config", AT, "--model.init_args.val_steps", "-1"], None),
     ("activation_kwargs", ["--config", AT, "--model.init_args.model.init_args.activation", "leaky_relu",
                            "--model.init_args.model.init_args.activation_kwargs", "{{slpoe: 0.2}}"], None),
-    ("epsilon", ["--config", AT, CALLBACK.format("callbacks.RobustEarlyStopping"), "--trainer.callbacks.epsilon",
+    ("epsilon", ["--config", AT, CALLBACK.format("RobustEarlyStopping"), "--trainer.callbacks.epsilon",
                  "1.5"], None),
-    ("step_size", ["--config", AT, CALLBACK.format("callbacks.RobustEarlyStopping"), "--trainer.callbacks.epsilon",
+    ("step_size", ["--config", AT, CALLBACK.format("RobustEarlyStopping"), "--trainer.callbacks.epsilon",
                    "0.1", "--trainer.callbacks.step_size", "0.5"], None),
-    ("worst_xi", ["--config", AT, CALLBACK.format("callbacks.flatness_monitor.FlatnessMonitor"),
+    ("worst_xi", ["--config", AT, CALLBACK.format("flatness_monitor.FlatnessMonitor"),
                   "--trainer.callbacks.worst_xi", "0"], None),
-    ("decay", ["--config", AT, CALLBACK.format("callbacks.WeightAveraging"), "--trainer.callbacks.decay", "2"], None),
+    ("decay", ["--config", AT, CALLBACK.format("WeightAveraging"), "--trainer.callbacks.decay", "2"], None),
     # the optimiser and the schedule
     ("lr", ["--config", AT, "--optimizer.init_args.lr", "-0.1"], None),
     ("momentum", ["--config", AT, "--optimizer.init_args.momentum", "-1"], None),

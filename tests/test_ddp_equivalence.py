@@ -17,7 +17,7 @@ import torch
 from pytorch_lightning import Callback
 from torch.utils.data import DataLoader, DistributedSampler
 
-from callbacks import RobustEarlyStopping
+from lit_robust.callbacks import RobustEarlyStopping
 from lit_robust.cli import TRAINER_DEFAULTS, RobustCLI
 from lit_robust.data import AdversarialDataModule, DigitsDataModule
 from lit_robust.modules import AdversarialModule
@@ -76,7 +76,7 @@ def _run(tmp_path, processes):
         "--config", os.path.join(CALLBACKS, "weight_averaging.yaml"), "--trainer.callbacks.init_args.decay", "0.5",
         "--config", os.path.join(CALLBACKS, "weight_clipping.yaml"),
         "--trainer.callbacks.init_args.max_value", "0.25",
-        "--trainer.callbacks+=callbacks.flatness_monitor.FlatnessMonitor",
+        "--trainer.callbacks+=lit_robust.callbacks.flatness_monitor.FlatnessMonitor",
         "--trainer.callbacks.measures", "[avg_rloss]", "--trainer.callbacks.fit.examples", "32",
         "--trainer.callbacks.every_n_epochs", "2",
         "--config", os.path.join(CALLBACKS, "robust_early_stopping.yaml"), "--trainer.callbacks.init_args.steps", "3",

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import WeightAveraging as LightningWeightAveraging
 
-from callbacks.flatness_monitor import PAPER_SETTINGS, FlatnessMonitor, FlatnessSettings
+from lit_robust.callbacks.flatness_monitor import PAPER_SETTINGS, FlatnessMonitor, FlatnessSettings
 from lit_robust.errors import ConfigurationError
 from lit_robust.weights import names_and_weights
 from tests.conftest import ROOT, run_train

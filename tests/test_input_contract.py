@@ -6,7 +6,7 @@ import torch
 from pytorch_lightning import LightningDataModule, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks import RobustEarlyStopping
+from lit_robust.callbacks import RobustEarlyStopping
 from lit_robust.errors import ConfigurationError
 from lit_robust.models import SmallCNN
 from lit_robust.modules import PGDAT
@@ -116,7 +116,7 @@ class NoTestSplit(LightningDataModule):
 
 
 def test_flatness_monitor_skips_what_a_data_module_without_test_split_cannot_give():
-    from callbacks.flatness_monitor import FlatnessMonitor, FlatnessSettings
+    from lit_robust.callbacks.flatness_monitor import FlatnessMonitor, FlatnessSettings
 
     monitor = FlatnessMonitor(fit=FlatnessSettings(examples=8, samples=1, pgd_steps=1, ascent_iterations=1),
                               batch_size=8)

@@ -13,9 +13,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.func import functional_call
 
-from callbacks.landscape_monitor import LandscapeMonitor
-from callbacks.metrics_file import MetricsFile
 from lit_robust.attacks import PGD
+from lit_robust.callbacks.landscape_monitor import LandscapeMonitor
+from lit_robust.callbacks.metrics_file import MetricsFile
 from lit_robust.landscape import (
     Landscape,
     adversarial_directions,

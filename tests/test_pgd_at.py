@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from pytorch_lightning import Trainer
 from torch import nn
 
-from callbacks import MetricsFile
 from lit_robust.attacks import PGD
+from lit_robust.callbacks import MetricsFile
 from lit_robust.errors import ConfigurationError
 from lit_robust.models import SmallCNN
 from lit_robust.modules import PGDAT

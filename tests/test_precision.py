@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning import Trainer
 
-from callbacks import MetricsFile
 from lit_robust.attacks import PGD
+from lit_robust.callbacks import MetricsFile
 from lit_robust.data import CIFAR10DataModule
 from lit_robust.evaluation import autoattack_wrong
 from lit_robust.models import ResNet18

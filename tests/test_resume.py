@@ -9,7 +9,7 @@ import torch
 from pytorch_lightning import Callback, Trainer, seed_everything
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from callbacks import RobustEarlyStopping, WeightAveraging, WeightClipping
+from lit_robust.callbacks import RobustEarlyStopping, WeightAveraging, WeightClipping
 from lit_robust.data import DigitsDataModule
 from lit_robust.models import SmallCNN
 from lit_robust.modules import PGDAT

@@ -8,9 +8,9 @@ import torch
 from pytorch_lightning import Callback, LightningModule
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-import callbacks.robust_early_stopping as robust_early_stopping
-from callbacks import RobustEarlyStopping
+import lit_robust.callbacks.robust_early_stopping as robust_early_stopping
 from lit_robust.attacks import PGD
+from lit_robust.callbacks import RobustEarlyStopping
 from lit_robust.data import DigitsDataModule
 from lit_robust.errors import ConfigurationError
 from lit_robust.modules import PGDAT

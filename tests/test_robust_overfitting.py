@@ -10,7 +10,7 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from callbacks import RobustOverfitting
+from lit_robust.callbacks import RobustOverfitting
 from lit_robust.errors import ConfigurationError
 from lit_robust.modules import PGDAT
 from tests.helpers import tiny_pgdat, tiny_trainer

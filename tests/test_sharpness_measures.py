@@ -14,8 +14,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.flatness_monitor import EXTRA_MEASURES, FlatnessMonitor, FlatnessSettings
 from lit_robust.adaptive_sharpness import adaptive_sharpness
+from lit_robust.callbacks.flatness_monitor import EXTRA_MEASURES, FlatnessMonitor, FlatnessSettings
 from lit_robust.errors import ConfigurationError
 from lit_robust.hessian_trace import hessian_trace
 from lit_robust.models import SmallCNN

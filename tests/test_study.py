@@ -18,11 +18,11 @@ trainer:
   limit_train_batches: 2
   enable_progress_bar: false
   callbacks+:
-    - class_path: callbacks.FlatnessMonitor
+    - class_path: lit_robust.callbacks.FlatnessMonitor
       init_args: {fit: {examples: 16, samples: 1, pgd_steps: 1, ascent_iterations: 1},
                   test: {examples: 16, samples: 1, pgd_steps: 1, pgd_restarts: 1, ascent_iterations: 1,
                          ascent_restarts: 1}, measures: [avg_rloss, avg_loss]}
-    - class_path: callbacks.RobustEarlyStopping
+    - class_path: lit_robust.callbacks.RobustEarlyStopping
       init_args: {every_n_epochs: 1, steps: 2, restarts: 1}
     - class_path: pytorch_lightning.callbacks.ModelCheckpoint
       init_args: {save_last: true}

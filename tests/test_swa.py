@@ -11,8 +11,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks import RobustEarlyStopping, StochasticWeightAveraging
-from callbacks.swa import EqualAverage
+from lit_robust.callbacks import RobustEarlyStopping, StochasticWeightAveraging
+from lit_robust.callbacks.swa import EqualAverage
 from lit_robust.errors import ConfigurationError
 from tests.helpers import close, snapshot, tiny_pgdat, tiny_trainer
 

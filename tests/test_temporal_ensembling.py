@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from callbacks import StochasticWeightAveraging
 from lit_robust.attacks import PGD
+from lit_robust.callbacks import StochasticWeightAveraging
 from lit_robust.errors import ConfigurationError
 from lit_robust.models import SmallCNN
 from lit_robust.modules import TemporalEnsembling

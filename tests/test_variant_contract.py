@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from callbacks import MetricsFile
 from lit_robust.attacks import FGSM, ThreatModel, threat_model_of
+from lit_robust.callbacks import MetricsFile
 from lit_robust.errors import ConfigurationError
 from lit_robust.models import SmallCNN
 from lit_robust.modules import PGDAT, StandardTraining

@@ -9,7 +9,7 @@ import torch
 from pytorch_lightning import Callback
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from callbacks import ExponentialMovingAverage, RobustEarlyStopping, WeightAveraging
+from lit_robust.callbacks import ExponentialMovingAverage, RobustEarlyStopping, WeightAveraging
 from lit_robust.errors import ConfigurationError
 from tests.helpers import close, snapshot, tiny_pgdat, tiny_trainer
 

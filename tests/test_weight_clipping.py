@@ -8,7 +8,7 @@ import pytest
 import torch
 from pytorch_lightning import Callback
 
-from callbacks import WeightAveraging, WeightClipping
+from lit_robust.callbacks import WeightAveraging, WeightClipping
 from lit_robust.errors import ConfigurationError
 from lit_robust.weights import select_parameters
 from tests.helpers import tiny_pgdat, tiny_trainer

@@ -7,7 +7,7 @@ worst case per example, on the evaluation split (``test/err``, ``test/loss``, ``
 ``test/rloss_pgd``), the same on the train-eval split (suffix ``_train``), and optionally the
 official AutoAttack (``test/rerr_aa``). ``train.py`` writes the test metrics, and whatever callbacks
 logged on test (flatness), to ``metrics.json`` in the run's log directory
-(:class:`~callbacks.metrics_file.MetricsFile`).
+(:class:`~lit_robust.callbacks.metrics_file.MetricsFile`).
 
 Variants override :meth:`training_step` with their own inner maximisation and outer loss and return
 :func:`step_output` (the loss, the adversarial logits and the labels); what every variant shares acts

@@ -24,7 +24,7 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
 
 class KDSWA(AdversarialModule):
     """PGD-AT whose outer loss distils a robust and a standard teacher; with
-    :class:`~callbacks.swa.StochasticWeightAveraging` it is "KD+SWA" of Chen et al. (ICLR 2021, "Robust
+    :class:`~lit_robust.callbacks.swa.StochasticWeightAveraging` it is "KD+SWA" of Chen et al. (ICLR 2021, "Robust
     overfitting may be mitigated by properly learned smoothening"), whose distillation objective is
 
     min_w E[(1 - lambda_R - lambda_S) CE(f(x'; w), y) + lambda_R T^2 KL(f_R(x') / T || f(x'; w) / T)
