@@ -5,13 +5,13 @@
 Each run directory is a TensorBoard log directory written by ``train.py`` (``metrics.json`` from
 its test, event files with the per-epoch scalars, ``config.yaml``). The report writes
 
-- ``table.md`` / ``table.csv``: papers/001 Table D's columns (Err, RErr PGD and AutoAttack on test
+- ``table.md`` / ``table.csv``: the columns of Stutz et al. 2021, supplement Table D (Err, RErr PGD and AutoAttack on test
   and train, RErr after early stopping (held-out), average/worst flatness in Loss and RLoss), sorted by test RErr;
 - ``fig1_rloss_vs_flatness.png``: test RLoss against average-case flatness in RLoss, worst-case
-  flatness in RLoss and average-case flatness in clean Loss (papers/003 Fig. 1, papers/001 Sec. D),
+  flatness in RLoss and average-case flatness in clean Loss (Stutz et al. 2021, Fig. 1; supplement Sec. D),
   one point per run with the Pearson correlation in each title;
 - ``fig5_flatness_over_epochs.png``: per run, held-out RLoss against flatness over the epochs,
-  coloured from early to late (papers/003 Fig. 5);
+  coloured from early to late (Stutz et al. 2021, Fig. 5);
 - ``gap_vs_flatness.png``: the robust generalisation gap (test - train RLoss) against flatness;
 - ``measures.md`` / ``measures.csv``: for every ``flatness/*`` measure present in the runs, its
   Pearson and Kendall rank correlation over the runs with test RLoss, the RLoss gap (test - train
@@ -237,7 +237,7 @@ def _scatter(ax, runs: Sequence[Run], x_key: str, y_of, xlabel: str, ylabel: str
 
 
 def figure_rloss_vs_flatness(runs: Sequence[Run]):
-    """papers/003 Fig. 1: test RLoss against three flatness measures, with Pearson correlations."""
+    """Stutz et al. 2021, Fig. 1: test RLoss against three flatness measures, with Pearson correlations."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(FLATNESS_PANELS), figsize=(5 * len(FLATNESS_PANELS), 4.2))
@@ -277,7 +277,7 @@ def epoch_pairs(run: Run, y_tag: str = "val/rloss", x_tag: str = "flatness/avg_r
 
 
 def figure_flatness_over_epochs(runs: Sequence[Run]):
-    """papers/003 Fig. 5: per run, held-out RLoss against flatness over epochs, early (blue) to late (red)."""
+    """Stutz et al. 2021, Fig. 5: per run, held-out RLoss against flatness over epochs, early (blue) to late (red)."""
     import matplotlib.pyplot as plt
 
     with_curves = [run for run in runs if epoch_pairs(run)]

@@ -1,7 +1,7 @@
 """AdversarialModule: the LightningModule every adversarial-training variant subclasses.
 
 It holds the network, the training attack and the evaluation attacks, and owns validation and
-test as the paper's protocol (papers/001 Sec. F): validation = clean + PGD on the held-out split
+test as the paper's protocol (Stutz et al. 2021, supplement Sec. F): validation = clean + PGD on the held-out split
 (``val/err``, ``val/loss``, ``val/rerr``, ``val/rloss``); test = clean + PGD-20 with 10 restarts,
 worst case per example, on the evaluation split (``test/err``, ``test/loss``, ``test/rerr_pgd``,
 ``test/rloss_pgd``), the same on the train-eval split (suffix ``_train``), and optionally the
@@ -80,7 +80,7 @@ def step_output(loss: Tensor, adversarial_logits: Tensor, y: Tensor) -> Dict[str
 
 
 def paper_sgd(params) -> torch.optim.Optimizer:
-    """The paper's optimiser (papers/001 Sec. F): SGD, learning rate 0.05, momentum 0.9, weight decay 5e-3."""
+    """The paper's optimiser (Stutz et al. 2021, supplement Sec. F): SGD, learning rate 0.05, momentum 0.9, weight decay 5e-3."""
     return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-3)
 
 
@@ -104,8 +104,8 @@ class AdversarialModule(LightningModule):
         autoattack: also run AutoAttack on test (``test/rerr_aa``).
         autoattack_version: AutoAttack version (``"standard"`` in the paper).
         train_epsilon: epsilon of the training attack when it differs from the evaluation epsilon
-            (papers/001 Table D, "larger epsilon": train at 9/255, evaluate at 8/255).
-        l1_penalty: weight lambda of the L1 norm of the weights added to the training objective (papers/002
+            (Stutz et al. 2021, supplement Table D, "larger epsilon": train at 9/255, evaluate at 8/255).
+        l1_penalty: weight lambda of the L1 norm of the weights added to the training objective (Yan et al. 2022,
             Table 4: 5e-6), as its gradient after every backward pass (:meth:`on_after_backward`); 0 turns it off.
         predict_adversarial: ``predict`` also gives the labels predicted on the test attack's adversarial
             examples (``adversarial_labels``; needs labelled batches).
@@ -227,7 +227,7 @@ class AdversarialModule(LightningModule):
     def on_after_backward(self) -> None:
         """Add the gradient of ``l1_penalty * sum_l ||w_l||_1``, ``l1_penalty * sign(w)``, to the gradients of the
         weights of convolutional and linear layers (no biases, no batch normalisation): the L1 regularisation
-        of papers/002 Table 4 (Rice et al.). Every backward pass, automatic or manual, ends here, so that the
+        (Rice et al. 2020; Yan et al. 2022, Table 4). Every backward pass, automatic or manual, ends here, so that the
         penalty acts for every variant. The gradient is scaled as the loss was: by the mixed-precision loss
         scale, and by 1 / accumulate_grad_batches under automatic optimisation."""
         if self.hparams.l1_penalty == 0:

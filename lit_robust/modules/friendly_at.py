@@ -1,4 +1,4 @@
-"""Friendly adversarial training, PGD-tau (Zhang et al. 2020; papers/001 Sec. G)."""
+"""Friendly adversarial training, PGD-tau (Zhang et al. 2020; Stutz et al. 2021, supplement Sec. G)."""
 
 from typing import Any, Dict
 
@@ -12,7 +12,7 @@ from lit_robust.modules.base import AdversarialModule, step_output
 class FriendlyAT(AdversarialModule):
     """Adversarial training on "friendly" adversarial examples: PGD-K-tau (Zhang et al. 2020,
     "Attacks which do not kill training make adversarial learning stronger", Algorithm 1;
-    papers/001 Sec. G).
+    Stutz et al. 2021, supplement Sec. G).
 
     The inner maximisation stops, per example, tau iterations after the label flips
     (:class:`~lit_robust.attacks.FriendlyPGD`); with tau = 0 an example the model misclassifies
@@ -24,7 +24,7 @@ class FriendlyAT(AdversarialModule):
     pass (PGD-7-tau: at most 8 forward, 7 input-only backward, 1 full backward).
 
     Args:
-        tau: iterations after the label flips (0, 1, 2 or 3 in papers/001).
+        tau: iterations after the label flips (0, 1, 2 or 3 in Stutz et al. 2021).
         **kwargs: :class:`~lit_robust.modules.base.AdversarialModule` arguments.
     """
 

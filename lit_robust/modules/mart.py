@@ -1,4 +1,4 @@
-"""MART, misclassification-aware adversarial training (Wang et al. 2020; papers/001 Eq. 14-15)."""
+"""MART, misclassification-aware adversarial training (Wang et al. 2020; Stutz et al. 2021, supplement Eq. 14-15)."""
 
 from typing import Any, Dict
 

@@ -7,9 +7,9 @@ maximisation over the input) and the outer loss on the clean and adversarial exa
 A new base objective is a new row.
 
 - ``"at"`` (Madry et al.): PGD on cross-entropy from a uniform start; CE(f(x_adv), y).
-- ``"trades"`` (papers/001 Eq. 13): PGD on KL(f(x) || f(x + delta)) from 0.001 * N(0, 1), as the
+- ``"trades"`` (Stutz et al. 2021, supplement Eq. 13): PGD on KL(f(x) || f(x + delta)) from 0.001 * N(0, 1), as the
   official code; CE(f(x), y) + lambda * KL(f(x) || f(x_adv)).
-- ``"mart"`` (papers/001 Eq. 14-15): PGD on cross-entropy from 0.001 * N(0, 1), as the official
+- ``"mart"`` (Stutz et al. 2021, supplement Eq. 14-15): PGD on cross-entropy from 0.001 * N(0, 1), as the official
   code; BCE(f(x_adv), y) + lambda * KL(f(x) || f(x_adv)) * (1 - f_y(x)).
 
 Every attack runs in eval mode and returns its last iterate. Forward passes of the outer loss:
@@ -121,7 +121,7 @@ class BaseLossModule(ObjectiveModule):
 
     Args:
         base_loss: ``"at"``, ``"trades"`` or ``"mart"``.
-        lam: weight lambda of the KL term of ``"trades"`` and ``"mart"`` (1, 3, 6 or 9 in papers/001).
+        lam: weight lambda of the KL term of ``"trades"`` and ``"mart"`` (1, 3, 6 or 9 in Stutz et al. 2021).
         **kwargs: :class:`~lit_robust.modules.base.AdversarialModule` arguments.
     """
 

@@ -36,7 +36,7 @@ class SAM(BaseLossModule):
     ASAM; both official codes perturb every trainable tensor, batch normalisation's included
     (``which="trainable"``).
 
-    AWP (:class:`~lit_robust.modules.awp.AWP`, papers/001 Eq. 12) is the same two-pass update with
+    AWP (:class:`~lit_robust.modules.awp.AWP`, Stutz et al. 2021, supplement Eq. 12) is the same two-pass update with
     a different neighbourhood: per layer, relative to ||w_l||, on the weights of convolutional and
     linear layers only. Wei, Zhu and Zhang ("Sharpness-aware minimization alone can improve
     adversarial robustness", ICML 2023 AdvML-Frontiers workshop; extended as Zhang et al., "On the

@@ -1,4 +1,4 @@
-"""Standard (clean) training, the reference point of every comparison (papers/001 Sec. F)."""
+"""Standard (clean) training, the reference point of every comparison (Stutz et al. 2021, supplement Sec. F)."""
 
 from typing import Any, Dict, Mapping
 

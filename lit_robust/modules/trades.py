@@ -1,4 +1,4 @@
-"""TRADES (Zhang et al. 2019; papers/001 Eq. 13)."""
+"""TRADES (Zhang et al. 2019; Stutz et al. 2021, supplement Eq. 13)."""
 
 from typing import Any, Dict
 

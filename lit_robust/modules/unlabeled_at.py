@@ -12,11 +12,11 @@ from lit_robust.modules.objectives import ObjectiveModule
 
 class UnlabeledAT(ObjectiveModule):
     """Robust self-training, RST (Carmon et al. 2019, "Unlabeled data improves adversarial
-    robustness"; papers/001 Sec. G, "Additional unlabeled examples").
+    robustness"; Stutz et al. 2021, supplement Sec. G, "Additional unlabeled examples").
 
     The data module (:class:`~lit_robust.data.PseudoLabeledDataModule`) makes every batch half
     labelled, half pseudo-labelled; both halves are treated alike, by the robust loss of AT
-    (PGD on cross-entropy, papers/001 Sec. F) or of TRADES (papers/001 Eq. 13, the official code's
+    (PGD on cross-entropy, Stutz et al. 2021, supplement Sec. F) or of TRADES (Stutz et al. 2021, supplement Eq. 13, the official code's
     default, lambda = 6).
 
     Per training step with PGD-K: for ``"at"``, K + 1 forward, K input-only backward and one full
