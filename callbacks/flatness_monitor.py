@@ -1,5 +1,5 @@
-"""Average- and worst-case flatness in RLoss and Loss (Stutz et al. 2021, supplement Sec. D) and the sharpness measures beyond
-the paper's, logged during training and on test."""
+"""Average- and worst-case flatness in RLoss and Loss (Stutz et al. 2021, supplement Sec. D) and the sharpness
+measures beyond the paper's, logged during training and on test."""
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -74,8 +74,8 @@ class FlatnessSettings:
                   "an integer >= 1" + (" or None (samples)" if name == "adaptive_samples" else ""))
 
 
-# the paper's test settings (Stutz et al. 2021, supplement Sec. D): 1000 examples, 10 samples, PGD-20 with 10 restarts, 20 ascent
-# iterations with 10 restarts; 100 Hutchinson probes
+# the paper's test settings (Stutz et al. 2021, supplement Sec. D): 1000 examples, 10 samples, PGD-20 with 10
+# restarts, 20 ascent iterations with 10 restarts; 100 Hutchinson probes
 PAPER_SETTINGS = FlatnessSettings(examples=1000, samples=10, pgd_steps=20, pgd_restarts=10, ascent_iterations=20,
                                   ascent_restarts=10, adaptive_samples=None, hutchinson_samples=100)
 

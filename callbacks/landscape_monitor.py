@@ -1,4 +1,7 @@
-"""RLoss landscapes and Hessian eigenvalues as TensorBoard figures and PNG files (Stutz et al. 2021, supplement Sec. C, Table A)."""
+"""RLoss landscapes and Hessian eigenvalues as TensorBoard figures and PNG files.
+
+Stutz et al. 2021, supplement Sec. C and Table A.
+"""
 
 import os
 from typing import Any, Dict, List, Sequence

@@ -1,4 +1,7 @@
-"""Early stopping on the PGD robust error (or robust loss) of the held-out split (Stutz et al. 2021, supplement Sec. F)."""
+"""Early stopping on the PGD robust error (or robust loss) of the held-out split.
+
+Stutz et al. 2021, supplement Sec. F.
+"""
 
 import math
 import os
@@ -62,7 +65,8 @@ class RobustEarlyStopping(Callback):
         patience: stop training after this many evaluations without improvement; ``None``
             (default, as the paper) never stops.
         restore_best_weights: at the end of fit, load the best weights into the module, so that the
-            test after fit reports the early-stopped model ("RErr (early stop)" of Stutz et al. 2021, supplement Table D).
+            test after fit reports the early-stopped model ("RErr (early stop)" of Stutz et al. 2021, supplement
+            Table D).
         dirpath: directory of the best-weights checkpoint; default ModelCheckpoint's directory,
             else ``<log_dir>/checkpoints``.
         filename: name of the best-weights checkpoint, without ``.ckpt``.
@@ -142,7 +146,8 @@ class RobustEarlyStopping(Callback):
     @override
     def on_validation_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Attack this held-out batch, unless the module's validation already did (Stutz et al. 2021, supplement Sec. F)."""
+        """Attack this held-out batch, unless the module's validation already did (Stutz et al. 2021, supplement
+        Sec. F)."""
         if self.reuse_validation or dataloader_idx != 0 or not self._evaluates(trainer):
             return
         x, y = batch

@@ -14,7 +14,9 @@ from lit_robust.weights import Selection, select_parameters
 
 
 class WeightClipping(Callback):
-    """Clip the chosen parameters to [-w_max, w_max] after each training iteration (Stutz et al. 2021, supplement Sec. G, after Stutz et al., MLSys 2021).
+    """Clip the chosen parameters to [-w_max, w_max] after each training iteration.
+
+    Stutz et al. 2021, supplement Sec. G, after Stutz et al., MLSys 2021 (bit error robustness).
 
     The paper finds w_max as small as 0.005 works well and considers w_max in {0.005, 0.01, 0.025}.
     The clipping runs as a post-hook of every optimizer's ``step``, so it happens right after each

@@ -117,7 +117,8 @@ def check_step_size(step_size: float, epsilon: float, setting: str = "step_size"
 
 
 PAPER_EPSILON = 8 / 255
-"""Radius of the paper's L-inf threat model on CIFAR-10 (Stutz et al. 2021, supplement Sec. F), the default of every setting."""
+"""Radius of the paper's L-inf threat model on CIFAR-10 (Stutz et al. 2021, supplement Sec. F), the default of every
+setting."""
 PAPER_STEP_SIZE = 0.007
 """The paper's PGD step size for ``PAPER_EPSILON`` (Stutz et al. 2021, supplement Sec. F)."""
 

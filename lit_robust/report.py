@@ -5,8 +5,8 @@
 Each run directory is a TensorBoard log directory written by ``train.py`` (``metrics.json`` from
 its test, event files with the per-epoch scalars, ``config.yaml``). The report writes
 
-- ``table.md`` / ``table.csv``: the columns of Stutz et al. 2021, supplement Table D (Err, RErr PGD and AutoAttack on test
-  and train, RErr after early stopping (held-out), average/worst flatness in Loss and RLoss), sorted by test RErr;
+- ``table.md`` / ``table.csv``: the columns of Stutz et al. 2021, supplement Table D (Err, RErr PGD and AutoAttack on
+  test and train, RErr after early stopping (held-out), average/worst flatness in Loss and RLoss), sorted by test RErr;
 - ``fig1_rloss_vs_flatness.png``: test RLoss against average-case flatness in RLoss, worst-case
   flatness in RLoss and average-case flatness in clean Loss (Stutz et al. 2021, Fig. 1; supplement Sec. D),
   one point per run with the Pearson correlation in each title;

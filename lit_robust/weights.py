@@ -22,7 +22,9 @@ NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def select_parameters(model: nn.Module, which: Selection = "all") -> List[Tuple[str, nn.Parameter]]:
-    """The tensors that make up B_xi(w), as ``(name, parameter)`` pairs in module order (Stutz et al. 2021, supplement Sec. D).
+    """The tensors that make up B_xi(w), as ``(name, parameter)`` pairs in module order.
+
+    Stutz et al. 2021, supplement Sec. D.
 
     "Layer" means one parameter tensor: weights and biases are separate layers; batch-normalisation
     parameters (and those of other normalisation layers) are left out, as are frozen tensors. The
@@ -173,7 +175,7 @@ class Neighbourhood:
 
 
 def parameters_at(names: Sequence[str], weights: Sequence[Tensor], nu: Sequence[Tensor]) -> Dict[str, Tensor]:
-    """The network's tensors at w + nu (Stutz et al. 2021, supplement Eq. 3), by name, for ``torch.func.functional_call``:
+    """The network's tensors at w + nu (supplement Eq. 3), by name, for ``torch.func.functional_call``:
     the one "network at w + nu" of the project (the weight-perturbing variants' update, the flatness
     measures' stacked networks). Neither w nor nu is changed; gradients flow to whichever requires them.
 

@@ -210,7 +210,8 @@ def _lr_path(scheduler, steps):
 
 
 def test_cyclic_schedule_interpolates_per_iteration(data_dir):
-    """0 -> 0.2 -> 0 linearly over 30 epochs of 391 iterations, stepped every iteration (Stutz et al. 2021, supplement Sec. G)."""
+    """0 -> 0.2 -> 0 linearly over 30 epochs of 391 iterations, stepped every iteration (Stutz et al. 2021,
+    supplement Sec. G)."""
     cli = parse(cifar10("at", "cyclic_x2"), data_dir)
     assert cli.trainer.max_epochs == 60
     _, scheduler, interval = optimization(cli.model)

@@ -170,7 +170,8 @@ class ConvBNNet(nn.Module):
 
 
 def scaled(model: ConvBNNet, s: float) -> ConvBNNet:
-    """Weights and biases of every convolution times s; the running statistics follow (Stutz et al. 2021, supplement Sec. E)."""
+    """Weights and biases of every convolution times s; the running statistics follow (Stutz et al. 2021,
+    supplement Sec. E)."""
     copy = ConvBNNet()
     copy.load_state_dict(model.state_dict())
     with torch.no_grad():

@@ -1,4 +1,5 @@
-"""TRADES: the loss (Stutz et al. 2021, supplement Eq. 13) against a reference written from the equation; the training step."""
+"""TRADES: the loss (Stutz et al. 2021, supplement Eq. 13) against a reference written from the equation; the
+training step."""
 
 import math
 

@@ -1,4 +1,7 @@
-"""AT-AWP, adversarial training with adversarial weight perturbations (Wu et al. 2020; Stutz et al. 2021, supplement Eq. 12)."""
+"""AT-AWP, adversarial training with adversarial weight perturbations.
+
+Wu et al. 2020; Stutz et al. 2021, supplement Eq. 12.
+"""
 
 from typing import Any, Dict
 

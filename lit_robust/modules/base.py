@@ -80,7 +80,8 @@ def step_output(loss: Tensor, adversarial_logits: Tensor, y: Tensor) -> Dict[str
 
 
 def paper_sgd(params) -> torch.optim.Optimizer:
-    """The paper's optimiser (Stutz et al. 2021, supplement Sec. F): SGD, learning rate 0.05, momentum 0.9, weight decay 5e-3."""
+    """The paper's optimiser (Stutz et al. 2021, supplement Sec. F): SGD, learning rate 0.05, momentum 0.9, weight
+    decay 5e-3."""
     return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-3)
 
 

@@ -1,4 +1,7 @@
-"""Adversarial training with rotation prediction as self-supervision (Hendrycks et al. 2019; Stutz et al. 2021, supplement Eq. 16)."""
+"""Adversarial training with rotation prediction as self-supervision.
+
+Hendrycks et al. 2019; Stutz et al. 2021, supplement Eq. 16.
+"""
 
 from typing import Any, Dict, Optional, Tuple
 

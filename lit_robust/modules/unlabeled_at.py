@@ -16,8 +16,8 @@ class UnlabeledAT(ObjectiveModule):
 
     The data module (:class:`~lit_robust.data.PseudoLabeledDataModule`) makes every batch half
     labelled, half pseudo-labelled; both halves are treated alike, by the robust loss of AT
-    (PGD on cross-entropy, Stutz et al. 2021, supplement Sec. F) or of TRADES (Stutz et al. 2021, supplement Eq. 13, the official code's
-    default, lambda = 6).
+    (PGD on cross-entropy, Stutz et al. 2021, supplement Sec. F) or of TRADES (supplement Eq. 13, the official
+    code's default, lambda = 6).
 
     Per training step with PGD-K: for ``"at"``, K + 1 forward, K input-only backward and one full
     backward pass (PGD-7: 8, 7, 1); for ``"trades"``, K + 3 forward (a clean pass without gradients
