@@ -22,11 +22,12 @@ from typing import Any, Callable, Dict, Literal, Mapping, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
 from lit_robust.attacks import PGD, Norm
 from lit_robust.errors import check, check_choice
 from lit_robust.losses import mart_loss, trades_loss
-from lit_robust.modules.base import AdversarialModule
+from lit_robust.modules.base import AdversarialModule, step_output
 
 BaseLoss = Literal["at", "trades", "mart"]
 SMALL_START_STD = 0.001
@@ -101,7 +102,8 @@ class ObjectiveModule(AdversarialModule):
     """An :class:`~lit_robust.modules.base.AdversarialModule` trained on the base objective named
     :attr:`objective` (a key of :data:`OBJECTIVES`): its training attack and, by :meth:`robust_loss`,
     its outer loss with weight ``lam``. Subclasses name the objective (TRADES, MART) or take it as an
-    argument (:class:`BaseLossModule`)."""
+    argument (:class:`BaseLossModule`, UnlabeledAT); those that change the update (AWP, AMP, SAM)
+    override :meth:`training_step`."""
 
     objective: str = "at"
 
@@ -113,6 +115,16 @@ class ObjectiveModule(AdversarialModule):
         """The outer loss of :attr:`objective` for the network ``forward``, and its adversarial logits
         (see :func:`base_loss`)."""
         return base_loss(self.objective, forward, x, x_adv, y, self.hparams.lam)
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
+        """The inner maximisation (the training attack of :attr:`objective`), then its outer loss."""
+        x, y = batch
+        # inner maximisation: max_delta of the objective's attack loss (CE, or KL(f(x) || f(x + delta)))
+        x_adv = self.train_attack(self.model, x, y)
+        # outer minimisation: the objective's loss on the clean and adversarial examples
+        loss, adversarial_logits = self.robust_loss(self.model, x, x_adv, y)
+        return step_output(loss, adversarial_logits, y)
 
 
 class BaseLossModule(ObjectiveModule):
