@@ -4,6 +4,7 @@ from typing import Any, Dict, List, Sequence
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from lit_robust.errors import check
 from lit_robust.modules.base import step_output
@@ -55,6 +56,7 @@ class AMP(BaseLossModule):
               "an integer >= 1")
         super().__init__(*args, **kwargs)
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         h = self.hparams

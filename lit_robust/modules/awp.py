@@ -7,6 +7,7 @@ from typing import Any, Dict
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from lit_robust.errors import check, check_choice
 from lit_robust.modules.base import step_output
@@ -66,6 +67,7 @@ class AWP(BaseLossModule):
         check_choice(which, "which", ("weights", "all"))
         super().__init__(*args, **kwargs)
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         h = self.hparams

@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
 from lit_robust.errors import check
 from lit_robust.modules.base import AdversarialModule, step_output
@@ -82,6 +83,7 @@ class EntropySGD(AdversarialModule):
         """The tensors Entropy-SGD updates: every trainable parameter of the network."""
         return [w for w in self.model.parameters() if w.requires_grad]
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         weights = self.weights()
@@ -132,6 +134,7 @@ class EntropySGD(AdversarialModule):
         if self.hparams.lr_scheduler_interval == "step":
             self.step_scheduler()
 
+    @override
     def on_train_epoch_end(self) -> None:
         if self.hparams.lr_scheduler_interval == "epoch":
             self.step_scheduler()
@@ -141,6 +144,7 @@ class EntropySGD(AdversarialModule):
         if scheduler is not None:
             scheduler.step()
 
+    @override
     def configure_optimizers(self):
         configured = super().configure_optimizers()
         scheduler = configured["lr_scheduler"]["scheduler"] if isinstance(configured, dict) else None
@@ -148,6 +152,7 @@ class EntropySGD(AdversarialModule):
               type(scheduler).__name__, "a schedule that steps without a metric (e.g. MultiStepLR) for EntropySGD")
         return configured
 
+    @override
     def on_fit_start(self) -> None:
         check(getattr(self.trainer.precision_plugin, "scaler", None) is None, "trainer.precision",
               self.trainer.precision, "one that leaves gradients unscaled (32 or bf16-mixed) for the Langevin steps")
@@ -162,6 +167,7 @@ class EntropySGD(AdversarialModule):
         self.langevin = [t.to(self.device) for t in restored["langevin"]]
         self.average = [t.to(self.device) for t in restored["average"]]
 
+    @override
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["entropy_sgd"] = {
@@ -171,6 +177,7 @@ class EntropySGD(AdversarialModule):
             "generator": self.generator.get_state() if self.generator is not None else None,
         }
 
+    @override
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("entropy_sgd")

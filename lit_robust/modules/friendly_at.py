@@ -4,6 +4,7 @@ from typing import Any, Dict
 
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
 from lit_robust.attacks import FriendlyPGD
 from lit_robust.modules.base import AdversarialModule, step_output
@@ -35,6 +36,7 @@ class FriendlyAT(AdversarialModule):
         """Early-stopped PGD-K-tau from x, last iterate, eval mode."""
         return FriendlyPGD(**self.train_attack_arguments(), tau=self.hparams.tau)
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         # inner maximisation, stopped tau iterations after each example's label flips

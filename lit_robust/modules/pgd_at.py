@@ -5,6 +5,7 @@ from typing import Any, Dict, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
 from lit_robust.attacks import restore_modes
 from lit_robust.errors import check
@@ -43,6 +44,7 @@ class PGDAT(AdversarialModule):
               "0 when label_smoothing, label_noise, ignore_incorrect or prevent_label_leaking is set")
         super().__init__(*args, **kwargs)
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         h = self.hparams

@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lit_robust.errors import check
 from lit_robust.modules.base import AdversarialModule, step_output
@@ -83,6 +84,7 @@ class RotationSelfSupervised(AdversarialModule):
               "for the rotation head (as every network of lit_robust.models)")
         self.rotation_head = nn.Linear(self.model.num_features, ROTATIONS)
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         half = (len(x) + 1) // 2

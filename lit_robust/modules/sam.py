@@ -4,6 +4,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from lit_robust.errors import check, check_choice
 from lit_robust.modules.base import step_output
@@ -82,6 +83,7 @@ class SAM(BaseLossModule):
         """The radius: ``rho`` where given, else the paper's (0.05 SAM, 0.5 ASAM)."""
         return self.hparams.rho if self.hparams.rho is not None else PAPER_RHO[self.hparams.adaptive]
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         h = self.hparams

@@ -2,6 +2,8 @@
 
 from typing import Any, Literal
 
+from typing_extensions import override
+
 from lit_robust.data.pseudo_labeled import PseudoLabeledDataModule
 from lit_robust.errors import ConfigurationError, check, check_choice
 from lit_robust.modules.objectives import ObjectiveModule
@@ -40,6 +42,7 @@ class UnlabeledAT(ObjectiveModule):
         (TRADES), last iterate, eval mode."""
         return self.hparams.base_loss
 
+    @override
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and not isinstance(datamodule, PseudoLabeledDataModule):
