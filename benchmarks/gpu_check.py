@@ -6,7 +6,7 @@
 Measures, for ``lit_robust.models.ResNet18`` on 32x32x3 inputs:
 
 1. images/s of PGD-7 adversarial training (``lit_robust.modules.PGDAT.training_step``, epsilon 8/255,
-   step 0.007, then the SGD update; papers/001 Sec. F) in fp32, bf16-mixed (autocast), bf16-mixed
+   step 0.007, then the SGD update; Stutz et al. 2021, supplement Sec. F) in fp32, bf16-mixed (autocast), bf16-mixed
    with channels-last weights and activations, and fp32 with the network compiled
    (``PGDAT(compile=True)``, ``torch.compile``; compilation happens in the warm-up steps);
 2. the speed-up of the batched (``vmap``) against the sequential evaluation of the weight

@@ -1,6 +1,6 @@
 """Throughput (images/s) of one PGD-7 adversarial-training step of CIFAR-sized ResNet-18.
 
-One step is the paper's (papers/001 Sec. F): PGD-7 with epsilon 8/255 and step 0.007 (7 forward and
+One step is the paper's (Stutz et al. 2021, supplement Sec. F): PGD-7 with epsilon 8/255 and step 0.007 (7 forward and
 7 input-gradient passes in eval mode), then a forward and backward pass on the adversarial batch
 and an SGD update. It is timed in fp32 and in bf16 mixed precision with channels-last weights and
 activations (the perturbation stays in fp32, as in ``--trainer.precision bf16-mixed``), and the

@@ -1,5 +1,5 @@
-"""Average- and worst-case flatness in RLoss and Loss (papers/001 Sec. D) and the sharpness measures beyond
-the paper's, logged during training and on test."""
+"""Average- and worst-case flatness in RLoss and Loss (Stutz et al. 2021, supplement Sec. D) and the sharpness
+measures beyond the paper's, logged during training and on test."""
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -39,7 +39,7 @@ class FlatnessSettings:
     """What a flatness measurement costs: the settings that differ between per-epoch and test measurement.
 
     Frozen, so one instance can safely be a default. The defaults are the per-epoch ones of
-    :class:`FlatnessMonitor`; :data:`PAPER_SETTINGS` holds the paper's (papers/001 Sec. D).
+    :class:`FlatnessMonitor`; :data:`PAPER_SETTINGS` holds the paper's (Stutz et al. 2021, supplement Sec. D).
 
     Args:
         examples: examples per split, from the start of the split (the paper: 1000).
@@ -74,8 +74,8 @@ class FlatnessSettings:
                   "an integer >= 1" + (" or None (samples)" if name == "adaptive_samples" else ""))
 
 
-# the paper's test settings (papers/001 Sec. D): 1000 examples, 10 samples, PGD-20 with 10 restarts, 20 ascent
-# iterations with 10 restarts; 100 Hutchinson probes
+# the paper's test settings (Stutz et al. 2021, supplement Sec. D): 1000 examples, 10 samples, PGD-20 with 10
+# restarts, 20 ascent iterations with 10 restarts; 100 Hutchinson probes
 PAPER_SETTINGS = FlatnessSettings(examples=1000, samples=10, pgd_steps=20, pgd_restarts=10, ascent_iterations=20,
                                   ascent_restarts=10, adaptive_samples=None, hutchinson_samples=100)
 
@@ -137,12 +137,12 @@ class ScheduledMeasurement(Callback, ABC):
 class FlatnessMonitor(ScheduledMeasurement):
     """Log the paper's four flatness measures, and any of the measures beyond it, every few epochs and on test.
 
-    Metric names (ARCHITECTURE.md): ``flatness/avg_rloss``, ``flatness/worst_rloss``,
+    Metric names (docs/architecture.md): ``flatness/avg_rloss``, ``flatness/worst_rloss``,
     ``flatness/avg_loss``, ``flatness/worst_loss`` on the evaluation split (the data module's
     ``test_dataloader``, the paper's first 1000 test images) and the same with suffix ``_train`` on
-    the train-eval split (the first training images, papers/001 Fig. D middle left); for the
+    the train-eval split (the first training images, Stutz et al. 2021, supplement Fig. D middle left); for the
     average-case measures also their standard deviation over the weight samples,
-    ``flatness/avg_rloss_std`` etc. (papers/001 Fig. D left). On test the metrics go into
+    ``flatness/avg_rloss_std`` etc. (Stutz et al. 2021, supplement Fig. D left). On test the metrics go into
     ``metrics.json``. See :mod:`lit_robust.flatness` for the measures.
 
     The measures beyond the paper's, selected by name in ``measures`` and logged as

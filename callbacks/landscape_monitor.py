@@ -1,4 +1,7 @@
-"""RLoss landscapes and Hessian eigenvalues as TensorBoard figures and PNG files (papers/001 Sec. C, Table A)."""
+"""RLoss landscapes and Hessian eigenvalues as TensorBoard figures and PNG files.
+
+Stutz et al. 2021, supplement Sec. C and Table A.
+"""
 
 import os
 from typing import Any, Dict, List, Sequence
@@ -39,17 +42,17 @@ class LandscapeMonitor(ScheduledMeasurement):
 
     Along random directions (mean over them, per-layer length ``random_length``), adversarial
     directions (maximum over them, length ``adversarial_length``) and the eigenvector of the
-    Hessian's largest eigenvalue (length ``hessian_length``, papers/001 Fig. A), RLoss by PGD with
+    Hessian's largest eigenvalue (length ``hessian_length``, Stutz et al. 2021, supplement Fig. A), RLoss by PGD with
     ``attack_steps`` iterations at ``steps`` points in [-1, 1]; optionally a 2-D surface over two
-    random directions. The defaults are the paper's (papers/001 Sec. C: 10 directions, 51 steps, one
+    random directions. The defaults are the paper's (Stutz et al. 2021, supplement Sec. C: 10 directions, 51 steps, one
     batch of 128 test examples, PGD-20), which costs many training epochs of a small model, so by
     default it runs only on test. See :mod:`lit_robust.landscape`.
 
     The figures go to TensorBoard (``landscape/1d_<stage>``, ``landscape/2d_<stage>``, stage ``fit``
     or ``test``) and, with ``png``, to ``<log_dir>/landscapes/<stage>_epoch=<epoch>_<1d|2d>.png``.
     It also logs ``flatness/lambda_max``, the largest eigenvalue of the clean loss's Hessian in
-    weight space (papers/001 Table A), and ``flatness/input_lambda_max``, the mean over the batch of
-    the largest eigenvalue of the input Hessian (papers/004 Fig. 3). Only the process of rank 0
+    weight space (Stutz et al. 2021, supplement Table A), and ``flatness/input_lambda_max``, the mean over the batch of
+    the largest eigenvalue of the input Hessian (Singla et al. 2021, Fig. 3). Only the process of rank 0
     measures; the weights are those of validation (see
     :class:`~lit_robust.callbacks.flatness_monitor.ScheduledMeasurement`). The input threat model is the module's.
 
@@ -62,7 +65,7 @@ class LandscapeMonitor(ScheduledMeasurement):
         examples: examples of the batch, from the start of the evaluation split (128).
         loss: ``"rloss"`` (PGD at every point) or ``"loss"`` (clean).
         attack_steps: PGD iterations at every point (20).
-        normalization: ``"layer"`` (papers/001 Eq. 2) or ``"filter"`` (Li et al., Eq. 1).
+        normalization: ``"layer"`` (Stutz et al. 2021, supplement Eq. 2) or ``"filter"`` (Li et al., Eq. 1).
         random_length: per-layer length of random directions (0.5).
         adversarial_length: per-layer length of adversarial directions (0.025).
         hessian_length: per-layer length of the Hessian direction (0.5).

@@ -1,4 +1,7 @@
-"""Early stopping on the PGD robust error (or robust loss) of the held-out split (papers/001 Sec. F)."""
+"""Early stopping on the PGD robust error (or robust loss) of the held-out split.
+
+Stutz et al. 2021, supplement Sec. F.
+"""
 
 import math
 import os
@@ -23,7 +26,7 @@ class RobustEarlyStopping(Callback):
     Every ``every_n_epochs`` epochs the robust error (RErr: misclassified or successfully attacked)
     of the current weights on the held-out split is measured with PGD, by default PGD-7 with 5
     random restarts, the attack of the paper's early stopping ("we save snapshots every 5 epochs to
-    perform early stopping ... 7 iterations PGD ... with 5 random restarts", papers/001 Sec. F).
+    perform early stopping ... 7 iterations PGD ... with 5 random restarts", Stutz et al. 2021, supplement Sec. F).
     The paper picks the best snapshot after training; this callback keeps the best weights so far
     in one checkpoint file, which is the same choice.
 
@@ -62,7 +65,8 @@ class RobustEarlyStopping(Callback):
         patience: stop training after this many evaluations without improvement; ``None``
             (default, as the paper) never stops.
         restore_best_weights: at the end of fit, load the best weights into the module, so that the
-            test after fit reports the early-stopped model ("RErr (early stop)" of papers/001 Table D).
+            test after fit reports the early-stopped model ("RErr (early stop)" of Stutz et al. 2021, supplement
+            Table D).
         dirpath: directory of the best-weights checkpoint; default ModelCheckpoint's directory,
             else ``<log_dir>/checkpoints``.
         filename: name of the best-weights checkpoint, without ``.ckpt``.
@@ -142,7 +146,8 @@ class RobustEarlyStopping(Callback):
     @override
     def on_validation_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Attack this held-out batch, unless the module's validation already did (papers/001 Sec. F)."""
+        """Attack this held-out batch, unless the module's validation already did (Stutz et al. 2021, supplement
+        Sec. F)."""
         if self.reuse_validation or dataloader_idx != 0 or not self._evaluates(trainer):
             return
         x, y = batch
@@ -152,7 +157,7 @@ class RobustEarlyStopping(Callback):
     @override
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         """Keep the weights if their held-out RErr (RLoss) is the lowest so far; log; stop after
-        ``patience`` evaluations without improvement (the early stopping of papers/001 Sec. F)."""
+        ``patience`` evaluations without improvement (the early stopping of Stutz et al. 2021, supplement Sec. F)."""
         if not self._evaluates(trainer):
             return
         value = self._held_out_value(trainer)

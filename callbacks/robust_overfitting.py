@@ -15,7 +15,7 @@ from lit_robust.errors import check
 class RobustOverfitting(Callback):
     """Record the held-out and training robust loss per epoch and tell whether training overfit robustly.
 
-    Robust overfitting (Rice et al. 2020; papers/003 Sec. 1, papers/001 Fig. 1): after the first
+    Robust overfitting (Rice et al. 2020; Stutz et al. 2021, Sec. 1; supplement Fig. 1): after the first
     learning-rate drop the robust loss (RLoss, cross-entropy on PGD examples) on held-out examples
     reaches its minimum and then rises while the training RLoss keeps falling. This callback records
     ``val/rloss`` (the module's validation on the held-out split) after every validation, the

@@ -1,4 +1,7 @@
-"""Weight averaging: an exponential moving average of the weights, updated every iteration (papers/001 Sec. G)."""
+"""Weight averaging: an exponential moving average of the weights, updated every iteration.
+
+Stutz et al. 2021, supplement Eq. 8 and Sec. G.
+"""
 
 from typing import Any, Dict, List, Optional
 
@@ -12,7 +15,9 @@ from lit_robust.errors import check
 
 
 class ExponentialMovingAverage:
-    """Eq. 8 of papers/001, ``w_bar <- tau * w_bar + (1 - tau) * w``, as an ``AveragedModel`` ``multi_avg_fn``.
+    """``w_bar <- tau * w_bar + (1 - tau) * w`` as an ``AveragedModel`` ``multi_avg_fn``.
+
+    Stutz et al. 2021, supplement Eq. 8.
 
     A class rather than a closure (``torch.optim.swa_utils.get_ema_avg_fn``) so that it pickles,
     which ``ddp_spawn`` needs. Integer tensors (batch normalisation's ``num_batches_tracked``) take
@@ -23,12 +28,13 @@ class ExponentialMovingAverage:
     """
 
     def __init__(self, decay: float) -> None:
-        check(0.0 < decay < 1.0, "decay", decay, "a number in (0, 1), e.g. 0.98, 0.985, 0.99 or 0.9975 (papers/001)")
+        check(0.0 < decay < 1.0, "decay", decay,
+              "a number in (0, 1), e.g. 0.98, 0.985, 0.99 or 0.9975 (Stutz et al. 2021)")
         self.decay = decay
 
     @torch.no_grad()
     def __call__(self, averaged: List[Tensor], current: List[Tensor], num_averaged: Tensor) -> None:
-        """Update ``averaged`` in place with Eq. 8 of papers/001 (``num_averaged`` is unused)."""
+        """Update ``averaged`` in place with supplement Eq. 8 of Stutz et al. 2021 (``num_averaged`` is unused)."""
         for average, value in zip(averaged, current):
             if average.is_floating_point():
                 average.lerp_(value, 1.0 - self.decay)
@@ -85,7 +91,7 @@ class AveragedWeightsInValidation(LightningWeightAveraging):
 
 
 class WeightAveraging(AveragedWeightsInValidation):
-    """A running exponential average of the weights (papers/001 Eq. 8, which follows Gowal et al. 2020).
+    """A running exponential average of the weights (Stutz et al. 2021, supplement Eq. 8, after Gowal et al. 2020).
 
     ``w_bar(t) = tau * w_bar(t - 1) + (1 - tau) * w(t)`` after every optimizer step ``t``, with tau =
     ``decay`` (the paper uses 0.98, 0.985, 0.99 and 0.9975). Built on Lightning's

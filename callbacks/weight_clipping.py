@@ -1,4 +1,4 @@
-"""Weight clipping to [-w_max, w_max] after every optimizer step (papers/001 Sec. G)."""
+"""Weight clipping to [-w_max, w_max] after every optimizer step (Stutz et al. 2021, supplement Sec. G)."""
 
 from typing import Any, List, Optional
 
@@ -14,7 +14,9 @@ from lit_robust.weights import Selection, select_parameters
 
 
 class WeightClipping(Callback):
-    """Clip the chosen parameters to [-w_max, w_max] after each training iteration (papers/001 Sec. G, after [85]).
+    """Clip the chosen parameters to [-w_max, w_max] after each training iteration.
+
+    Stutz et al. 2021, supplement Sec. G, after Stutz et al., MLSys 2021 (bit error robustness).
 
     The paper finds w_max as small as 0.005 works well and considers w_max in {0.005, 0.01, 0.025}.
     The clipping runs as a post-hook of every optimizer's ``step``, so it happens right after each
@@ -43,7 +45,7 @@ class WeightClipping(Callback):
 
     @override
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        """Hook :meth:`clip` to the end of every optimizer's ``step`` (papers/001 Sec. G)."""
+        """Hook :meth:`clip` to the end of every optimizer's ``step`` (Stutz et al. 2021, supplement Sec. G)."""
         network = getattr(pl_module, "model", pl_module)
         self._clipped = [parameter for _, parameter in select_parameters(network, self.parameters)]
         self._handles = [optimizer.register_step_post_hook(self._after_step) for optimizer in trainer.optimizers]

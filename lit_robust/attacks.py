@@ -1,7 +1,7 @@
 """Adversarial attacks on the input: PGD (L-inf and L2) with restarts, and FGSM with a random start.
 
 An attack is configured without a model and called with one, ``attack(model, x, y) -> x_adv``.
-The call is a template (papers/001 Sec. D and F): the model is put in the batch-normalisation
+The call is a template (Stutz et al. 2021, supplement Sec. D and F): the model is put in the batch-normalisation
 mode the attack was told (eval by default, as in the paper's code), the perturbation is
 optimised with input gradients only (``torch.autograd.grad`` with respect to the perturbation,
 so the weights' ``.grad`` is never touched), and every submodule's train/eval mode is restored
@@ -37,7 +37,7 @@ def per_example_loss(logits: Tensor, y: Tensor, objective: Objective = "ce",
         logits: model outputs on the (perturbed) inputs, shape (B, K).
         y: labels, shape (B,). Unused for ``"kl"``.
         objective: ``"ce"`` (cross-entropy) or ``"kl"``, TRADES' inner objective
-            KL(f(x) || f(x_adv)) = sum_k p_k(x) (log p_k(x) - log p_k(x_adv)) (papers/001 Eq. 13).
+            KL(f(x) || f(x_adv)) = sum_k p_k(x) (log p_k(x) - log p_k(x_adv)) (Stutz et al. 2021, supplement Eq. 13).
         clean_logits: model outputs on the clean inputs, needed for ``"kl"``.
     """
     if objective == "ce":
@@ -117,15 +117,16 @@ def check_step_size(step_size: float, epsilon: float, setting: str = "step_size"
 
 
 PAPER_EPSILON = 8 / 255
-"""Radius of the paper's L-inf threat model on CIFAR-10 (papers/001 Sec. F), the default of every setting."""
+"""Radius of the paper's L-inf threat model on CIFAR-10 (Stutz et al. 2021, supplement Sec. F), the default of every
+setting."""
 PAPER_STEP_SIZE = 0.007
-"""The paper's PGD step size for ``PAPER_EPSILON`` (papers/001 Sec. F)."""
+"""The paper's PGD step size for ``PAPER_EPSILON`` (Stutz et al. 2021, supplement Sec. F)."""
 
 
 @dataclass(frozen=True)
 class ThreatModel:
     """The input threat model: perturbations in the ``norm`` ball of radius ``epsilon`` around [0, 1] images,
-    searched by PGD with ``step_size`` (papers/001 Sec. F). A module's ``threat_model`` is what its
+    searched by PGD with ``step_size`` (Stutz et al. 2021, supplement Sec. F). A module's ``threat_model`` is what its
     evaluation attacks, AutoAttack and the callbacks that attack (flatness, landscape, early stopping) use.
 
     Args:
@@ -152,7 +153,7 @@ def threat_model_of(module: nn.Module, user: str) -> ThreatModel:
 
 
 class PGD:
-    """Projected gradient descent on the input (Madry et al.; papers/001 Sec. F).
+    """Projected gradient descent on the input (Madry et al. 2018; Stutz et al. 2021, supplement Sec. F).
 
     Args:
         epsilon: radius of the threat model's ball, in pixel units of [0, 1] images (8/255 on CIFAR-10).
@@ -300,7 +301,7 @@ class FGSM(PGD):
 
 class FriendlyPGD(PGD):
     """Early-stopped PGD-K-tau (Zhang et al. 2020, "Attacks which do not kill training make
-    adversarial learning stronger", Algorithm 1; papers/001 Sec. G, "PGD-tau").
+    adversarial learning stronger", Algorithm 1; Stutz et al. 2021, supplement Sec. G, "PGD-tau").
 
     Per example, before each of the K steps the current iterate is classified: if it is
     misclassified and the example has no steps left after the flip, the example stops there;
@@ -317,7 +318,7 @@ class FriendlyPGD(PGD):
         epsilon: radius of the threat model's ball.
         step_size: step per iteration.
         steps: the most iterations K.
-        tau: steps taken after the label flips (0, 1, 2 or 3 in papers/001).
+        tau: steps taken after the label flips (0, 1, 2 or 3 in Stutz et al. 2021).
         norm: ``"linf"`` or ``"l2"``.
         random_start: start from a random point of the ball instead of x.
         bn_mode: mode of the model while attacking (eval, as the official code).

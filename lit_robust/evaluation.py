@@ -1,7 +1,7 @@
 """Clean, PGD and AutoAttack evaluation of a model, per batch and over a data set.
 
 Errors are fractions in [0, 1]; robust error (RErr) counts examples that are misclassified or
-successfully attacked (papers/001 Sec. F). Robust loss (RLoss) is the cross-entropy at the
+successfully attacked (Stutz et al. 2021, supplement Sec. F). Robust loss (RLoss) is the cross-entropy at the
 worst-case PGD example; AutoAttack stops once an example is broken, so it gives RErr only.
 """
 

@@ -1,17 +1,17 @@
-"""Average-case and worst-case flatness of the robust loss (papers/003 Eq. 1-2; papers/001 Sec. D).
+"""Average-case and worst-case flatness of the robust loss (Stutz et al. 2021, Eq. 1-2; supplement Sec. D).
 
 With RLoss(x, y; w) = max_{||delta||_inf <= epsilon} L(f(x + delta; w + nu), y) (cross-entropy, PGD)
 and B_xi(w) the per-layer relative neighbourhood of :mod:`lit_robust.weights`:
 
-- average-case flatness in RLoss (papers/001 Eq. 3): E_nu[RLoss(w + nu)] - RLoss(w), nu drawn on
+- average-case flatness in RLoss (Stutz et al. 2021, supplement Eq. 3): E_nu[RLoss(w + nu)] - RLoss(w), nu drawn on
   B_xi(w) with xi = 0.5, 10 fresh samples per batch, RLoss(w + nu) by PGD-20 with one restart and
   the reference RLoss(w) by PGD-20 with 10 restarts (worst case per example);
 - worst-case flatness in RLoss (Eq. 5-7): max_{nu in B_xi(w)} RLoss(w + nu) - RLoss(w), xi = 0.003,
   by joint gradient ascent on nu and delta per batch (20 iterations, nu's step normalised per layer
   as in Eq. 2 with learning rate 0.001), the maximum over 10 restarts;
-- both in clean Loss: the same without delta (papers/001 Sec. D, "Flatness of Clean Loss Landscape").
+- both in clean Loss: the same without delta (Stutz et al. 2021, supplement Sec. D, "Flatness of Clean Loss Landscape").
 
-Everything runs in eval mode on the first 1000 examples of a loader (papers/001 Sec. F) and leaves
+Everything runs in eval mode on the first 1000 examples of a loader (Stutz et al. 2021, supplement Sec. F) and leaves
 the model exactly as it was: weights restored bit for bit, train/eval modes restored, ``.grad``
 never touched. Several weight perturbations can be evaluated in one pass (``parallel``): the
 perturbed copies of the selected tensors are stacked and the network is ``vmap``-ed over them with
@@ -58,7 +58,7 @@ class FlatnessResult:
 
     Attributes:
         flatness: the measure, ``perturbed - reference``.
-        std: standard deviation of the measure over the weight samples (average case, papers/001
+        std: standard deviation of the measure over the weight samples (average case, Stutz et al. 2021, supplement
             Fig. D) or over the restarts (worst case), each sample's loss averaged over all examples.
         perturbed: the first term, E_nu[.] or max_nu[.], averaged over examples.
         reference: the second term, RLoss (or Loss) at w, averaged over examples.
@@ -121,7 +121,7 @@ def loss_of(model: nn.Module, x: Tensor, y: Tensor, attack: Optional[PGD]) -> Te
 
 def losses_at(model: nn.Module, names: Sequence[str], weights: Sequence[Tensor], nus: Sequence[Sequence[Tensor]],
               x: Tensor, y: Tensor, attack: Optional[PGD], parallel: int) -> Tensor:
-    """Per-example RLoss (or Loss) at each w + nu_k, shape (K, B) (papers/001 Eq. 3, first term).
+    """Per-example RLoss (or Loss) at each w + nu_k, shape (K, B) (Stutz et al. 2021, supplement Eq. 3, first term).
 
     Args:
         model: the network, in the mode to evaluate it in.
@@ -149,7 +149,7 @@ def losses_at(model: nn.Module, names: Sequence[str], weights: Sequence[Tensor],
 def joint_ascent(model: nn.Module, names: Sequence[str], weights: Sequence[Tensor], neighbourhood: Neighbourhood,
                  x: Tensor, y: Tensor, attack: Optional[PGD], iterations: int, lr: float, restarts: int,
                  parallel: int, generator: Optional[torch.Generator] = None) -> Tuple[Tensor, List[List[Tensor]]]:
-    """Worst-case weight perturbations by joint ascent on nu and delta (papers/001 Eq. 5-7).
+    """Worst-case weight perturbations by joint ascent on nu and delta (Stutz et al. 2021, supplement Eq. 5-7).
 
     Per restart: a random nu in B_xi(w) and a random delta in the epsilon-ball; then ``iterations``
     times the gradients of sum_b L(f(x_b + delta_b; w + nu), y_b) with respect to nu (Eq. 6) and
@@ -233,7 +233,7 @@ def _ascent_stacked(model, names, weights, neighbourhood, nu, x, y, attack, iter
 class FlatnessMeasures:
     """The settings of the four flatness measures; called with a model and a loader it measures them.
 
-    Defaults are the paper's (papers/001 Sec. D, F). The reference RLoss(w) is computed once per
+    Defaults are the paper's (Stutz et al. 2021, supplement Sec. D, F). The reference RLoss(w) is computed once per
     batch and shared by the average- and the worst-case measure.
 
     Args:
@@ -382,12 +382,12 @@ def average_case_flatness(model: nn.Module, loader: Iterable, xi: float = 0.5, s
                           norm: Norm = "linf", random_start: bool = True, max_examples: Optional[int] = 1000,
                           parallel: int = 10, which: Selection = "all", reduce: Optional[Reduce] = None,
                           generator: Optional[torch.Generator] = None) -> FlatnessResult:
-    """Average-case flatness, E_nu[RLoss(w + nu)] - RLoss(w) (papers/003 Eq. 1; papers/001 Eq. 3).
+    """Average-case flatness, E_nu[RLoss(w + nu)] - RLoss(w) (Stutz et al. 2021, Eq. 1; supplement Eq. 3).
 
-    Per batch, ``samples`` fresh nu uniformly on the per-layer sphere of B_xi(w) (papers/003 Eq. 2);
+    Per batch, ``samples`` fresh nu uniformly on the per-layer sphere of B_xi(w) (Stutz et al. 2021, Eq. 2);
     RLoss(w + nu) by PGD with ``pgd_steps`` iterations and ``pgd_restarts`` restarts, RLoss(w) by PGD with
     ``reference_pgd_steps`` and ``reference_pgd_restarts`` (worst case per example). With ``loss="loss"``
-    the clean cross-entropy instead. The standard deviation is over the samples (papers/001 Fig. D).
+    the clean cross-entropy instead. The standard deviation is over the samples (Stutz et al. 2021, supplement Fig. D).
 
     Args:
         model: the network; left exactly as it was.
@@ -425,7 +425,7 @@ def worst_case_flatness(model: nn.Module, loader: Iterable, xi: float = 0.003, a
                         norm: Norm = "linf", random_start: bool = True, max_examples: Optional[int] = 1000,
                         parallel: int = 10, which: Selection = "all", reduce: Optional[Reduce] = None,
                         generator: Optional[torch.Generator] = None) -> FlatnessResult:
-    """Worst-case flatness, max_{nu in B_xi(w)} RLoss(w + nu) - RLoss(w) (papers/001 Eq. 5-7).
+    """Worst-case flatness, max_{nu in B_xi(w)} RLoss(w + nu) - RLoss(w) (Stutz et al. 2021, supplement Eq. 5-7).
 
     Per batch, :func:`joint_ascent` on nu and delta, ``ascent_restarts`` restarts of
     ``ascent_iterations`` iterations; the batch's maximum over the restarts of the mean loss is the

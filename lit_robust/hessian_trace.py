@@ -8,7 +8,7 @@ v^T H v by one Hessian-vector product (double backpropagation). In RLoss the exa
 adversarial examples, found by PGD at w before differentiating (the Hessian of L(f(x_adv; w), y) at
 fixed x_adv, as the measures of :mod:`lit_robust.landscape` treat it); in clean Loss the clean ones.
 It sits beside lambda_max (:func:`~lit_robust.landscape.hessian_max_eigenvalue`) and, like it, is not
-invariant to rescaling the weights (papers/001 Sec. E).
+invariant to rescaling the weights (Stutz et al. 2021, supplement Sec. E).
 
 The same probe vectors serve every batch, so the estimate is v^T H v of the Hessian of the loss over
 all examples; the per-probe sums are reduced over processes in one collective, like

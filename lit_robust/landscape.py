@@ -1,20 +1,23 @@
-"""RLoss landscapes in weight space, largest Hessian eigenvalues (papers/001 Sec. C, E, Table A; papers/004 Fig. 3).
+"""RLoss landscapes in weight space, largest Hessian eigenvalues.
 
-- 1-D landscapes (papers/001 Sec. C): RLoss at w + alpha d for 51 evenly spaced alpha in [-1, 1]
+Stutz et al. 2021, supplement Sec. C, E and Table A; Singla et al. 2021, Fig. 3.
+
+- 1-D landscapes (Stutz et al. 2021, supplement Sec. C): RLoss at w + alpha d for 51 evenly spaced alpha in [-1, 1]
   on one batch, along 10 random directions (their mean is plotted) rescaled to per-layer length
   0.5, and along 10 adversarial directions (their maximum is plotted) rescaled to length 0.025.
   Directions are normalised per layer (Eq. 2, d_l / ||d_l|| * ||w_l||, biases included,
   normalisation layers excluded) or per filter as Li et al. (Eq. 1).
 - 2-D landscapes: the same on a grid spanned by two directions.
 - lambda_max of the Hessian of the clean loss in weight space by power iteration on
-  Hessian-vector products (papers/001 Table A, following Li et al.), not scale-invariant
-  (papers/001 Sec. E); the direction of its eigenvector can be plotted as well (papers/001 Fig. A).
-- lambda_max of the Hessian of the loss with respect to the input, per example (papers/004 Fig. 3).
+  Hessian-vector products (Stutz et al. 2021, supplement Table A, following Li et al.), not scale-invariant
+  (Stutz et al. 2021, supplement Sec. E); the direction of its eigenvector can be plotted as well (supplement
+  Fig. A).
+- lambda_max of the Hessian of the loss with respect to the input, per example (Singla et al. 2021, Fig. 3).
 
 "Length 0.5" is read as the per-layer relative length ||d_l|| = 0.5 ||w_l|| ("multiplied by 0.5",
-papers/001 Fig. A): at alpha = +-1 a random direction lies on the sphere of B_0.5(w) that
+Stutz et al. 2021, supplement Fig. A): at alpha = +-1 a random direction lies on the sphere of B_0.5(w) that
 average-case flatness samples from. An adversarial direction is the weight perturbation found by
-the joint ascent on weights and inputs of worst-case flatness (papers/001 Eq. 5-7), one per
+the joint ascent on weights and inputs of worst-case flatness (Stutz et al. 2021, supplement Eq. 5-7), one per
 restart; the paper's text does not say how its adversarial directions are found, and its public
 code instead ascends the weights on adversarial examples fixed beforehand.
 """
@@ -59,7 +62,9 @@ class Landscape:
 def random_directions(weights: Sequence[Tensor], count: int = 10, length: float = 0.5,
                       normalization: Normalization = "layer",
                       generator: Optional[torch.Generator] = None) -> List[Direction]:
-    """Gaussian directions normalised per layer (Eq. 2) or filter (Eq. 1), times ``length`` (papers/001 Sec. C).
+    """Gaussian directions normalised per layer (Eq. 2) or filter (Eq. 1), times ``length``.
+
+    Stutz et al. 2021, supplement Sec. C.
 
     Args:
         weights: the tensors that make up the weight space (see :func:`~lit_robust.weights.select_parameters`).
@@ -77,9 +82,11 @@ def adversarial_directions(model: nn.Module, x: Tensor, y: Tensor, attack: Optio
                            length: float = 0.025, xi: float = 0.003, iterations: int = 20, lr: float = 0.001,
                            normalization: Normalization = "layer", which: Selection = "all", parallel: int = 10,
                            generator: Optional[torch.Generator] = None) -> List[Direction]:
-    """Directions of adversarial weight perturbations, normalised and multiplied by ``length`` (papers/001 Sec. C).
+    """Directions of adversarial weight perturbations, normalised and multiplied by ``length``.
 
-    Each is the nu found by one restart of the joint ascent of worst-case flatness (papers/001 Eq.
+    Stutz et al. 2021, supplement Sec. C.
+
+    Each is the nu found by one restart of the joint ascent of worst-case flatness (Stutz et al. 2021, supplement Eq.
     5-7) on the batch, in eval mode, then normalised per layer or filter.
 
     Args:
@@ -107,7 +114,9 @@ def adversarial_directions(model: nn.Module, x: Tensor, y: Tensor, attack: Optio
 
 def landscape_1d(model: nn.Module, x: Tensor, y: Tensor, directions: Sequence[Direction], attack: Optional[PGD],
                  kind: str = "random", steps: int = 51, which: Selection = "all", parallel: int = 10) -> Landscape:
-    """RLoss (or Loss) at w + alpha d for ``steps`` evenly spaced alpha in [-1, 1], per direction (papers/001 Sec. C).
+    """RLoss (or Loss) at w + alpha d for ``steps`` evenly spaced alpha in [-1, 1], per direction.
+
+    Stutz et al. 2021, supplement Sec. C.
 
     Args:
         model: the network, evaluated in eval mode; left as it was.
@@ -161,7 +170,7 @@ class Eigenpair:
 
 def hessian_max_eigenvalue(model: nn.Module, x: Tensor, y: Tensor, which: Selection = "all", iterations: int = 100,
                            tol: float = 1e-4, generator: Optional[torch.Generator] = None) -> Eigenpair:
-    """lambda_max of the Hessian of the clean cross-entropy in weight space (papers/001 Table A).
+    """lambda_max of the Hessian of the clean cross-entropy in weight space (Stutz et al. 2021, supplement Table A).
 
     Power iteration v <- Hv / ||Hv|| with Hessian-vector products by double backpropagation, in
     eval mode, on the batch's mean loss, over the tensors of B_xi(w); it stops when lambda changes
@@ -197,11 +206,13 @@ def hessian_max_eigenvalue(model: nn.Module, x: Tensor, y: Tensor, which: Select
 
 def input_hessian_max_eigenvalue(model: nn.Module, x: Tensor, y: Tensor, iterations: int = 100, tol: float = 1e-4,
                                  generator: Optional[torch.Generator] = None) -> Tensor:
-    """lambda_max of the Hessian of the cross-entropy with respect to the input, per example (papers/004 Fig. 3).
+    """lambda_max of the Hessian of the cross-entropy with respect to the input, per example.
+
+    Singla et al. 2021, Fig. 3.
 
     In eval mode the loss of one example depends on its own input only, so the Hessian of the
     summed loss is block-diagonal and one power iteration runs for all examples at once, each
-    normalised on its own. papers/004's lemma takes the Hessian of the logit of a binary
+    normalised on its own. The lemma of Singla et al. 2021 takes the Hessian of the logit of a binary
     classifier; for K classes this takes that of the cross-entropy.
 
     Args:

@@ -1,4 +1,4 @@
-"""Outer losses of adversarial training written from the papers' definitions (papers/001 Sec. G)."""
+"""Outer losses of adversarial training written from the papers' definitions (Stutz et al. 2021, supplement Sec. G)."""
 
 import math
 
@@ -12,7 +12,7 @@ from lit_robust.attacks import per_example_loss
 def smoothed_cross_entropy(logits: Tensor, y: Tensor, tau: float) -> Tensor:
     """Cross-entropy against the smoothed target p_y = 1 - tau, p_i = tau / (K - 1) for i != y.
 
-    This is the paper's label smoothing (papers/001 Sec. G), which puts no mass tau / K back on
+    This is the paper's label smoothing (Stutz et al. 2021, supplement Sec. G), which puts no mass tau / K back on
     the true class, unlike ``F.cross_entropy(label_smoothing=tau)``. Mean over the batch.
     """
     num_classes = logits.shape[1]
@@ -23,7 +23,7 @@ def smoothed_cross_entropy(logits: Tensor, y: Tensor, tau: float) -> Tensor:
 
 def noisy_labels(y: Tensor, tau: float, num_classes: int, generator: torch.Generator = None) -> Tensor:
     """Labels where a fraction ``tau`` of the batch (round(tau * B) examples) is replaced by labels
-    drawn uniformly from all ``num_classes`` classes (papers/001 Sec. G, "label noise")."""
+    drawn uniformly from all ``num_classes`` classes (Stutz et al. 2021, supplement Sec. G, "label noise")."""
     count = int(round(tau * len(y)))
     noisy = y.clone()
     if count > 0:
@@ -33,7 +33,7 @@ def noisy_labels(y: Tensor, tau: float, num_classes: int, generator: torch.Gener
 
 
 def trades_loss(clean_logits: Tensor, adversarial_logits: Tensor, y: Tensor, lam: float) -> Tensor:
-    """TRADES' outer objective (papers/001 Eq. 13), mean over the batch:
+    """TRADES' outer objective (Stutz et al. 2021, supplement Eq. 13), mean over the batch:
 
         CE(f(x), y) + lam * KL(f(x) || f(x_adv)),  KL(p || q) = sum_k p_k (log p_k - log q_k).
 
@@ -50,7 +50,7 @@ def trades_loss(clean_logits: Tensor, adversarial_logits: Tensor, y: Tensor, lam
 
 
 def mart_binary_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
-    """MART's binary cross-entropy (papers/001 Eq. 14), one value per example:
+    """MART's binary cross-entropy (Stutz et al. 2021, supplement Eq. 14), one value per example:
 
         -log f_y(x) - log(1 - max_{y' != y} f_{y'}(x)).
 
@@ -71,7 +71,7 @@ def mart_binary_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
 
 
 def mart_loss(clean_logits: Tensor, adversarial_logits: Tensor, y: Tensor, lam: float) -> Tensor:
-    """MART's outer objective (papers/001 Eq. 15), mean over the batch:
+    """MART's outer objective (Stutz et al. 2021, supplement Eq. 15), mean over the batch:
 
         BCE(f(x_adv), y) + lam * KL(f(x) || f(x_adv)) * (1 - f_y(x)).
 

@@ -5,13 +5,13 @@
 Each run directory is a TensorBoard log directory written by ``train.py`` (``metrics.json`` from
 its test, event files with the per-epoch scalars, ``config.yaml``). The report writes
 
-- ``table.md`` / ``table.csv``: papers/001 Table D's columns (Err, RErr PGD and AutoAttack on test
-  and train, RErr after early stopping (held-out), average/worst flatness in Loss and RLoss), sorted by test RErr;
+- ``table.md`` / ``table.csv``: the columns of Stutz et al. 2021, supplement Table D (Err, RErr PGD and AutoAttack on
+  test and train, RErr after early stopping (held-out), average/worst flatness in Loss and RLoss), sorted by test RErr;
 - ``fig1_rloss_vs_flatness.png``: test RLoss against average-case flatness in RLoss, worst-case
-  flatness in RLoss and average-case flatness in clean Loss (papers/003 Fig. 1, papers/001 Sec. D),
+  flatness in RLoss and average-case flatness in clean Loss (Stutz et al. 2021, Fig. 1; supplement Sec. D),
   one point per run with the Pearson correlation in each title;
 - ``fig5_flatness_over_epochs.png``: per run, held-out RLoss against flatness over the epochs,
-  coloured from early to late (papers/003 Fig. 5);
+  coloured from early to late (Stutz et al. 2021, Fig. 5);
 - ``gap_vs_flatness.png``: the robust generalisation gap (test - train RLoss) against flatness;
 - ``measures.md`` / ``measures.csv``: for every ``flatness/*`` measure present in the runs, its
   Pearson and Kendall rank correlation over the runs with test RLoss, the RLoss gap (test - train
@@ -65,8 +65,9 @@ FLATNESS_PANELS = [("flatness/avg_rloss", "average-case flatness in RLoss"),
 
 
 @dataclass
-class Run:
-    """One run: its label, its final metrics and its per-epoch scalars."""
+class RunResults:
+    """The results of one finished run: its label, its directory, its final metrics (``metrics.json``) and its
+    per-epoch scalars (TensorBoard). A study's run before it has results is a :class:`lit_robust.study.Run`."""
 
     name: str
     path: str
@@ -105,14 +106,14 @@ def read_scalars(path: str) -> Dict[str, List[Tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def load_run(path: str) -> Run:
+def load_run(path: str) -> RunResults:
     """Read a run directory; a missing ``metrics.json`` is an error naming the directory."""
     metrics_path = os.path.join(path, "metrics.json")
     if not os.path.isfile(metrics_path):
         raise FileNotFoundError(f"{path}: no metrics.json (run `train.py test` for this run first)")
     with open(metrics_path) as f:
         metrics = json.load(f)
-    return Run(name=run_label(path), path=path, metrics=metrics, curves=read_scalars(path))
+    return RunResults(name=run_label(path), path=path, metrics=metrics, curves=read_scalars(path))
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
@@ -129,7 +130,7 @@ def _format(value: float, key: str = "") -> str:
     return f"{value:.0f}" if key.endswith("epoch") else f"{value:.3f}"
 
 
-def table_rows(runs: Sequence[Run]) -> List[List[str]]:
+def table_rows(runs: Sequence[RunResults]) -> List[List[str]]:
     """Header and one row per run, sorted by test RErr (runs without it last)."""
     ordered = sorted(runs, key=lambda r: (math.isnan(r.test_rerr), r.test_rerr))
     header = ["Method"] + [title for title, _ in COLUMNS]
@@ -154,7 +155,7 @@ def write_table(rows: Sequence[Sequence[str]], out: str, name: str) -> Tuple[str
     return md_path, csv_path
 
 
-def write_tables(runs: Sequence[Run], out: str) -> Tuple[str, str]:
+def write_tables(runs: Sequence[RunResults], out: str) -> Tuple[str, str]:
     """``table.md`` and ``table.csv`` in ``out``."""
     return write_table(table_rows(runs), out, "table")
 
@@ -175,9 +176,9 @@ def mean_and_std(values: Sequence[float]) -> Tuple[float, float]:
     return mean, std
 
 
-def method_statistics(runs: Sequence[Run]) -> Dict[str, Dict[str, object]]:
+def method_statistics(runs: Sequence[RunResults]) -> Dict[str, Dict[str, object]]:
     """Per method: its runs (seeds) and, per column key, the mean and std over them."""
-    groups: Dict[str, List[Run]] = {}
+    groups: Dict[str, List[RunResults]] = {}
     for run in runs:
         groups.setdefault(method_of(run.name), []).append(run)
     return {method: {"runs": [run.name for run in group],
@@ -185,7 +186,7 @@ def method_statistics(runs: Sequence[Run]) -> Dict[str, Dict[str, object]]:
             for method, group in groups.items()}
 
 
-def method_rows(runs: Sequence[Run]) -> List[List[str]]:
+def method_rows(runs: Sequence[RunResults]) -> List[List[str]]:
     """Header and one row per method with ``mean ± std`` over its seeds, sorted by mean test RErr."""
     statistics = method_statistics(runs)
 
@@ -205,7 +206,7 @@ def method_rows(runs: Sequence[Run]) -> List[List[str]]:
     return rows
 
 
-def write_method_tables(runs: Sequence[Run], out: str) -> Tuple[str, str]:
+def write_method_tables(runs: Sequence[RunResults], out: str) -> Tuple[str, str]:
     """``table_by_method.md`` (``mean ± std``) and ``table_by_method.csv`` (mean and std columns) in ``out``."""
     statistics = method_statistics(runs)
     md_path, csv_path = os.path.join(out, "table_by_method.md"), os.path.join(out, "table_by_method.csv")
@@ -221,7 +222,7 @@ def write_method_tables(runs: Sequence[Run], out: str) -> Tuple[str, str]:
     return md_path, csv_path
 
 
-def _scatter(ax, runs: Sequence[Run], x_key: str, y_of, xlabel: str, ylabel: str) -> float:
+def _scatter(ax, runs: Sequence[RunResults], x_key: str, y_of, xlabel: str, ylabel: str) -> float:
     xs = [run.get(x_key) for run in runs]
     ys = [y_of(run) for run in runs]
     for run, x, y in zip(runs, xs, ys):
@@ -236,8 +237,8 @@ def _scatter(ax, runs: Sequence[Run], x_key: str, y_of, xlabel: str, ylabel: str
     return r
 
 
-def figure_rloss_vs_flatness(runs: Sequence[Run]):
-    """papers/003 Fig. 1: test RLoss against three flatness measures, with Pearson correlations."""
+def figure_rloss_vs_flatness(runs: Sequence[RunResults]):
+    """Stutz et al. 2021, Fig. 1: test RLoss against three flatness measures, with Pearson correlations."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(FLATNESS_PANELS), figsize=(5 * len(FLATNESS_PANELS), 4.2))
@@ -249,7 +250,7 @@ def figure_rloss_vs_flatness(runs: Sequence[Run]):
     return fig, correlations
 
 
-def figure_gap_vs_flatness(runs: Sequence[Run]):
+def figure_gap_vs_flatness(runs: Sequence[RunResults]):
     """Robust generalisation gap (test - train RLoss) against average-case flatness in RLoss."""
     import matplotlib.pyplot as plt
 
@@ -261,7 +262,8 @@ def figure_gap_vs_flatness(runs: Sequence[Run]):
     return fig, r
 
 
-def epoch_pairs(run: Run, y_tag: str = "val/rloss", x_tag: str = "flatness/avg_rloss") -> List[Tuple[float, float]]:
+def epoch_pairs(run: RunResults, y_tag: str = "val/rloss",
+                x_tag: str = "flatness/avg_rloss") -> List[Tuple[float, float]]:
     """(flatness, RLoss) per epoch where both were logged at the same step.
 
     The first value per step is the epoch's: a test after fit logs its own flatness (with the
@@ -276,8 +278,8 @@ def epoch_pairs(run: Run, y_tag: str = "val/rloss", x_tag: str = "flatness/avg_r
     return pairs
 
 
-def figure_flatness_over_epochs(runs: Sequence[Run]):
-    """papers/003 Fig. 5: per run, held-out RLoss against flatness over epochs, early (blue) to late (red)."""
+def figure_flatness_over_epochs(runs: Sequence[RunResults]):
+    """Stutz et al. 2021, Fig. 5: per run, held-out RLoss against flatness over epochs, early (blue) to late (red)."""
     import matplotlib.pyplot as plt
 
     with_curves = [run for run in runs if epoch_pairs(run)]
@@ -332,13 +334,13 @@ def kendall(x: Sequence[float], y: Sequence[float]) -> float:
     return (concordant - discordant) / denominator if denominator > 0 else math.nan
 
 
-def measure_names(runs: Sequence[Run]) -> List[str]:
+def measure_names(runs: Sequence[RunResults]) -> List[str]:
     """Every ``flatness/*`` measure with a value in some run (standard deviations left out), sorted."""
     return sorted({key for run in runs for key, value in run.metrics.items()
                    if key.startswith("flatness/") and "_std" not in key and isinstance(value, (int, float))})
 
 
-def measure_rows(runs: Sequence[Run]) -> List[List[str]]:
+def measure_rows(runs: Sequence[RunResults]) -> List[List[str]]:
     """Header and one row per measure: its Pearson and Kendall correlation with each of :data:`TARGETS`."""
     header = ["Measure", "Runs"] + [f"{kind} {title}" for title, _ in TARGETS for kind in ("Pearson", "Kendall")]
     rows = [header]
@@ -352,7 +354,7 @@ def measure_rows(runs: Sequence[Run]) -> List[List[str]]:
     return rows
 
 
-def write_measure_tables(runs: Sequence[Run], out: str) -> Tuple[str, str]:
+def write_measure_tables(runs: Sequence[RunResults], out: str) -> Tuple[str, str]:
     """``measures.md`` and ``measures.csv`` in ``out``: how each measure correlates with robust generalisation."""
     return write_table(measure_rows(runs), out, "measures")
 

@@ -44,7 +44,8 @@ LAUNCHERS = ("local", "slurm", "debug")
 
 @dataclass
 class Run:
-    """One run of the study: its directory name, its method (the study entry) and its command line."""
+    """One run of the study to launch: its directory name, its method (the study entry) and its command line.
+    Its results, once it has finished, are read as a :class:`lit_robust.report.RunResults`."""
 
     name: str
     method: str

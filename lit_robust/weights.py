@@ -1,11 +1,11 @@
-"""The per-layer relative weight neighbourhood B_xi(w) (papers/001 Eq. 4, Sec. D).
+"""The per-layer relative weight neighbourhood B_xi(w) (Stutz et al. 2021, supplement Eq. 4, Sec. D).
 
     B_xi(w) = {w + nu : ||nu_l||_2 <= xi ||w_l||_2 for every layer l}
 
 A "layer" is one parameter tensor: weights and biases are separate layers; batch-normalisation
 parameters are excluded. Because the radius is relative to each layer's norm, the neighbourhood
 grows and shrinks with the weights, which makes flatness measured in it scale-invariant
-(papers/001 Sec. E). Flatness, landscapes, AWP and AMP all use this module.
+(Stutz et al. 2021, supplement Sec. E). Flatness, landscapes, AWP and AMP all use this module.
 """
 
 from contextlib import contextmanager
@@ -22,7 +22,9 @@ NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def select_parameters(model: nn.Module, which: Selection = "all") -> List[Tuple[str, nn.Parameter]]:
-    """The tensors that make up B_xi(w), as ``(name, parameter)`` pairs in module order (papers/001 Sec. D).
+    """The tensors that make up B_xi(w), as ``(name, parameter)`` pairs in module order.
+
+    Stutz et al. 2021, supplement Sec. D.
 
     "Layer" means one parameter tensor: weights and biases are separate layers; batch-normalisation
     parameters (and those of other normalisation layers) are left out, as are frozen tensors. The
@@ -31,7 +33,7 @@ def select_parameters(model: nn.Module, which: Selection = "all") -> List[Tuple[
     Args:
         model: the network.
         which: ``"all"``: every weight and bias of every layer except normalisation layers (the
-            flatness measures, papers/001 Sec. D); ``"weights"``: only weights of convolutional
+            flatness measures, Stutz et al. 2021, supplement Sec. D); ``"weights"``: only weights of convolutional
             and linear layers, tensors with at least two dimensions (the paper's AWP).
     """
     check_choice(which, "which", ("all", "weights"))
@@ -86,13 +88,13 @@ def gaussian_direction(weights: Sequence[Tensor], generator: Optional[torch.Gene
 
 
 def layer_norms(tensors: Sequence[Tensor]) -> List[Tensor]:
-    """||w_l||_2 of each tensor (float32 scalars), the scale of B_xi(w) (papers/001 Eq. 4)."""
+    """||w_l||_2 of each tensor (float32 scalars), the scale of B_xi(w) (Stutz et al. 2021, supplement Eq. 4)."""
     return [t.detach().float().norm() for t in tensors]
 
 
 def normalize_direction(direction: Sequence[Tensor], weights: Sequence[Tensor],
                         per: Literal["layer", "filter"] = "layer", scale: float = 1.0) -> List[Tensor]:
-    """Rescale a direction to the weights' norms (papers/001 Eq. 1 and 2).
+    """Rescale a direction to the weights' norms (Stutz et al. 2021, supplement Eq. 1 and 2).
 
     ``per="layer"`` (Eq. 2): nu_l / ||nu_l|| * ||w_l||. ``per="filter"`` (Eq. 1, Li et al.): the same
     for every filter i (slice along the first dimension) of tensors with two or more dimensions;
@@ -133,7 +135,7 @@ class Neighbourhood:
         self.radii = [self.xi * n for n in layer_norms(self.weights)]
 
     def sample(self, generator: Optional[torch.Generator] = None) -> List[Tensor]:
-        """A random nu on the boundary of B_xi(w) (papers/001 Sec. D, average-case flatness).
+        """A random nu on the boundary of B_xi(w) (Stutz et al. 2021, supplement Sec. D, average-case flatness).
 
         Per layer, a Gaussian direction rescaled to norm exactly xi ||w_l||: uniform on the
         per-layer sphere, as the paper's code draws it (the text asks for ||nu_l|| <= xi ||w_l||).
@@ -145,7 +147,7 @@ class Neighbourhood:
                 for d, r in zip(gaussian_direction(self.weights, generator), self.radii)]
 
     def sample_inside(self, generator: Optional[torch.Generator] = None) -> List[Tensor]:
-        """A random nu inside B_xi(w): the random start of worst-case flatness (papers/001 Eq. 5-7).
+        """A random nu inside B_xi(w): the random start of worst-case flatness (Stutz et al. 2021, supplement Eq. 5-7).
 
         Per layer, a direction uniform on the sphere with a norm drawn uniformly from [0, xi ||w_l||];
         the text says only "random initialization of nu in B_xi(w)", the uniform norm is the
@@ -160,7 +162,7 @@ class Neighbourhood:
         return [n * f for n, f in zip(on_sphere, fractions)]
 
     def project(self, nu: Sequence[Tensor]) -> List[Tensor]:
-        """The Euclidean projection onto B_xi(w), layer by layer (papers/001 Sec. D, after Eq. 7).
+        """The Euclidean projection onto B_xi(w), layer by layer (Stutz et al. 2021, supplement Sec. D, after Eq. 7).
 
         Each nu_l outside its ball ||nu_l|| <= xi ||w_l|| is scaled back onto the sphere; inside, it is kept.
         """
@@ -173,7 +175,7 @@ class Neighbourhood:
 
 
 def parameters_at(names: Sequence[str], weights: Sequence[Tensor], nu: Sequence[Tensor]) -> Dict[str, Tensor]:
-    """The network's tensors at w + nu (papers/001 Eq. 3), by name, for ``torch.func.functional_call``:
+    """The network's tensors at w + nu (supplement Eq. 3), by name, for ``torch.func.functional_call``:
     the one "network at w + nu" of the project (the weight-perturbing variants' update, the flatness
     measures' stacked networks). Neither w nor nu is changed; gradients flow to whichever requires them.
 
@@ -202,7 +204,7 @@ def network_at(model: nn.Module, names: Sequence[str], weights: Sequence[Tensor]
 
 @contextmanager
 def perturbed(weights: Sequence[Tensor], nu: Sequence[Tensor]) -> Iterator[None]:
-    """Evaluate the network at w + nu (papers/001 Eq. 3-5): add ``nu`` to ``weights`` in place inside
+    """Evaluate the network at w + nu (Stutz et al. 2021, supplement Eq. 3-5): add ``nu`` to ``weights`` in place inside
     the block and restore the exact values afterwards.
 
     The original values are copied and copied back (not subtracted), so the weights are restored

@@ -1,4 +1,4 @@
-"""Each activation's value against its closed form and its maximum curvature (papers/004 Sec. 4)."""
+"""Each activation's value against its closed form and its maximum curvature (Singla et al. 2021, Sec. 4)."""
 
 import math
 
@@ -55,7 +55,7 @@ def test_smooth_curvature_matches_finite_differences(name, kwargs):
 
 
 def test_curvature_order_of_papers_004():
-    # papers/004 Sec. 4 ranks LiSHT > GELU > Mish > SiLU by decreasing curvature; PSwish grows with beta
+    # Singla et al. 2021 (Sec. 4) rank LiSHT > GELU > Mish > SiLU by decreasing curvature; PSwish grows with beta
     c = {n: max_curvature(get_activation(n)) for n in ("lisht", "gelu", "mish", "silu")}
     assert c["lisht"] > c["gelu"] > c["mish"] > c["silu"]
     assert max_curvature(get_activation("silu")) == pytest.approx(max_curvature(get_activation("pswish", beta=1.0)))

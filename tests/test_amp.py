@@ -1,4 +1,4 @@
-"""AMP (papers/002 Algorithm 1): Delta stays in its L2 ball, adversarial examples are regenerated at
+"""AMP (Yan et al. 2022, Algorithm 1): Delta stays in its L2 ball, adversarial examples are regenerated at
 theta + Delta in every inner iteration, and the update uses the gradient at theta + Delta."""
 
 import copy

@@ -1,4 +1,4 @@
-"""PGD's properties (papers/001 Sec. D, F): feasibility, restarts, strength, L2, modes, gradients."""
+"""PGD's properties (Stutz et al. 2021, supplement Sec. D, F): feasibility, restarts, strength, L2, modes, gradients."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""AWP (papers/001 Eq. 12): the weight perturbation, the update it leads to, and untouched weights."""
+"""AWP (Stutz et al. 2021, supplement Eq. 12): the weight perturbation, the update it leads to, untouched weights."""
 
 import copy
 

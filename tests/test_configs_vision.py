@@ -178,7 +178,7 @@ def test_config_runs(config, data_dir, tmp_path):
 
 
 def test_baseline_recipe_is_the_papers(data_dir):
-    """configs/cifar10/at.yaml holds papers/001 Sec. F exactly."""
+    """configs/cifar10/at.yaml holds the setup of Stutz et al. 2021, supplement Sec. F, exactly."""
     cli = parse(cifar10("at"), data_dir)
     module, data, trainer = cli.model, cli.datamodule, cli.trainer
     assert type(module).__name__ == "PGDAT" and type(module.model).__name__ == "ResNet18"
@@ -210,7 +210,8 @@ def _lr_path(scheduler, steps):
 
 
 def test_cyclic_schedule_interpolates_per_iteration(data_dir):
-    """0 -> 0.2 -> 0 linearly over 30 epochs of 391 iterations, stepped every iteration (papers/001 Sec. G)."""
+    """0 -> 0.2 -> 0 linearly over 30 epochs of 391 iterations, stepped every iteration (Stutz et al. 2021,
+    supplement Sec. G)."""
     cli = parse(cifar10("at", "cyclic_x2"), data_dir)
     assert cli.trainer.max_epochs == 60
     _, scheduler, interval = optimization(cli.model)
@@ -236,7 +237,7 @@ def test_adam_and_nesterov(data_dir):
 
 
 def test_activation_study_stack(data_dir):
-    """papers/004 on PreAct ResNet-18: Rice et al.'s setup, the network, the activation, in that order."""
+    """Singla et al. 2021 on PreAct ResNet-18: Rice et al.'s setup, the network, the activation, in that order."""
     cli = parse(cifar10("at", "rice_setup", "preact", "act_pswish_2"), data_dir)
     network = cli.model.model
     assert type(network).__name__ == "PreActResNet18"

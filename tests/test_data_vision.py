@@ -44,7 +44,7 @@ def test_loaders_give_images_in_unit_range_and_labels(name, tmp_path, monkeypatc
 @pytest.mark.parametrize("name", CASES)
 def test_splits_are_the_papers(name, tmp_path, monkeypatch):
     """held-out = the last test images, evaluation = the first test images, train-eval = the first
-    training images (papers/001 Sec. F); held-out and evaluation are disjoint."""
+    training images (Stutz et al. 2021, supplement Sec. F); held-out and evaluation are disjoint."""
     dm = make(name, tmp_path, monkeypatch, train_size=40, test_size=24)
     held_out = [identify(x) for x, _ in dm.held_out_set]
     evaluation = [identify(x) for x, _ in dm.eval_set]
@@ -106,7 +106,7 @@ def test_no_augmentation_when_switched_off(tmp_path, monkeypatch):
 
 
 def test_autoaugment_and_cutout_on_top_of_crop_and_flip(tmp_path, monkeypatch):
-    """papers/001 Sec. G: crop and flip, then AutoAugment (CIFAR-10 policy), then 16x16 Cutout."""
+    """Stutz et al. 2021, supplement Sec. G: crop and flip, then AutoAugment (CIFAR-10 policy), then 16x16 Cutout."""
     from torchvision import transforms
 
     dm = make("cifar10", tmp_path, monkeypatch, autoaugment=True, cutout_size=16)

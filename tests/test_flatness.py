@@ -1,4 +1,4 @@
-"""Average- and worst-case flatness (papers/001 Eq. 3-7): references written from the equations,
+"""Average- and worst-case flatness (Stutz et al. 2021, supplement Eq. 3-7): references written from the equations,
 batched == sequential, the model left as it was, xi -> 0, worst >= average, scale invariance (Sec. E)."""
 
 import pytest
@@ -170,7 +170,8 @@ class ConvBNNet(nn.Module):
 
 
 def scaled(model: ConvBNNet, s: float) -> ConvBNNet:
-    """Weights and biases of every convolution times s; the running statistics follow (papers/001 Sec. E)."""
+    """Weights and biases of every convolution times s; the running statistics follow (Stutz et al. 2021,
+    supplement Sec. E)."""
     copy = ConvBNNet()
     copy.load_state_dict(model.state_dict())
     with torch.no_grad():

@@ -92,7 +92,7 @@ def test_measures_the_averaged_weights_whatever_the_callback_order(digits):
 
 
 def test_settings_reach_the_meter_under_one_name_per_meaning():
-    # the defaults: cheap per epoch, the paper's on test (papers/001 Sec. D)
+    # the defaults: cheap per epoch, the paper's on test (Stutz et al. 2021, supplement Sec. D)
     monitor = FlatnessMonitor()
     assert monitor.settings == {"fit": FlatnessSettings(), "test": PAPER_SETTINGS}
     assert (PAPER_SETTINGS.examples, PAPER_SETTINGS.samples, PAPER_SETTINGS.hutchinson_samples) == (1000, 10, 100)

@@ -1,4 +1,4 @@
-"""papers/002 Table 4 inside PGD-AT: the L1 penalty on the weights and mixup."""
+"""Yan et al. 2022, Table 4 inside PGD-AT: the L1 penalty on the weights and mixup."""
 
 import pytest
 import torch

@@ -1,5 +1,5 @@
-"""Loss landscapes (papers/001 Sec. C) against direct evaluation, power iteration against explicit
-Hessians (Table A; papers/004 Fig. 3), and LandscapeMonitor's figures and scalars."""
+"""Loss landscapes (Stutz et al. 2021, supplement Sec. C) against direct evaluation, power iteration against explicit
+Hessians (Table A; Singla et al. 2021, Fig. 3), and LandscapeMonitor's figures and scalars."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Label smoothing and label noise against the paper's definitions (papers/001 Sec. G)."""
+"""Label smoothing and label noise against the paper's definitions (Stutz et al. 2021, supplement Sec. G)."""
 
 import torch
 

@@ -1,4 +1,5 @@
-"""MART: the losses of papers/001 Eq. 14-15 against references written from the equations; the training step."""
+"""MART: the losses (Stutz et al. 2021, supplement Eq. 14-15) against references written from the equations; the
+training step."""
 
 import pytest
 import torch

@@ -16,7 +16,7 @@ def count(model):
 
 
 @pytest.mark.parametrize("make, parameters", [
-    (ResNet18, 11_173_962),                      # the CIFAR ResNet-18 (papers/001 Sec. F): 11.17M
+    (ResNet18, 11_173_962),                      # the CIFAR ResNet-18 (Stutz et al. 2021, supplement Sec. F): 11.17M
     (PreActResNet18, 11_172_170),                # Rice et al.'s PreAct ResNet-18 (final BN + activation)
     (lambda: WideResNet(34, 10), 46_160_474),    # WRN-34-10: 46.2M
     (lambda: WideResNet(28, 10), 36_479_194),    # WRN-28-10: 36.5M
@@ -51,7 +51,7 @@ def test_features_logits_and_normalisation_inside(make):
     assert features.shape == (3, model.num_features)
     assert torch.allclose(model.classifier(features), model(x))
     assert model(x).shape == (3, 7)
-    # the first layer whitens with CIFAR-10's mean and standard deviation (papers/001 Sec. F)
+    # the first layer whitens with CIFAR-10's mean and standard deviation (Stutz et al. 2021, supplement Sec. F)
     mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
     std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
     assert torch.allclose(model.normalize(x), (x - mean) / std)

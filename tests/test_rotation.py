@@ -1,4 +1,5 @@
-"""Rotation self-supervision (papers/001 Eq. 16): rotations and their labels, loss, attacks, passes, training."""
+"""Rotation self-supervision (Stutz et al. 2021, supplement Eq. 16): rotations and their labels, loss, attacks,
+passes, training."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
-"""TRADES: the loss of papers/001 Eq. 13 against a reference written from the equation; the training step."""
+"""TRADES: the loss (Stutz et al. 2021, supplement Eq. 13) against a reference written from the equation; the
+training step."""
 
 import math
 

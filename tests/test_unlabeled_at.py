@@ -126,7 +126,7 @@ def test_loss_is_the_base_robust_loss_on_the_whole_batch(base_loss, digits):
     if base_loss == "at":
         x_adv = PGD(0.1, 0.025, 3, keep_best=False)(module.model, x, y)
         expected = F.cross_entropy(module.model(x_adv), y)
-    else:  # papers/001 Eq. 13, the attack maximising the KL term from x + 0.001 N(0, 1)
+    else:  # Stutz et al. 2021, supplement Eq. 13, the attack maximising the KL term from x + 0.001 N(0, 1)
         x_adv = PGD(0.1, 0.025, 3, loss="kl", keep_best=False, init_std=0.001)(module.model, x, y)
         p, q = F.softmax(module.model(x), dim=1), F.softmax(module.model(x_adv), dim=1)
         kl = (p * (p.log() - q.log())).sum(dim=1).mean()

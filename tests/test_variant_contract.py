@@ -49,7 +49,7 @@ def test_l1_penalty_and_training_metrics_act_for_every_variant(cls, tmp_path):
     lam = 1e-2
     without, _, _ = first_step(cls, tmp_path, 0.0)
     with_l1, run, module = first_step(cls, tmp_path, lam)
-    # L1 (papers/002 Table 4): lambda sign(w) added to the gradients of convolutional and linear weights only
+    # L1 (Yan et al. 2022, Table 4): lambda sign(w) added to the gradients of convolutional and linear weights only
     selected = {f"{name}.weight" for name, layer in module.model.named_modules()
                 if isinstance(layer, (nn.Conv2d, nn.Linear))}
     assert without.keys() == with_l1.keys() and selected

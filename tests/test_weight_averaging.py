@@ -1,4 +1,4 @@
-"""WeightAveraging: Eq. 8 of papers/001 checked against a reference written out independently, inside
+"""WeightAveraging: supplement Eq. 8 of Stutz et al. 2021 checked against a reference written out independently, inside
 Lightning's hooks: validation (with every callback, before or after it in the list), checkpoints and
 test see the averaged weights; training continues from the current ones."""
 

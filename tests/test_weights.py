@@ -1,4 +1,4 @@
-"""The neighbourhood B_xi(w) of papers/001 Eq. 4 and the normalisations of Eq. 1-2."""
+"""The neighbourhood B_xi(w) and the normalisations of Eq. 1-2 (Stutz et al. 2021, supplement Eq. 1, 2 and 4)."""
 
 import pytest
 import torch

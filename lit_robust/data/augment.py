@@ -1,7 +1,7 @@
-"""Training-time data augmentation: random crop and flip, AutoAugment, Cutout (papers/001 Sec. F, G).
+"""Training-time data augmentation: random crop and flip, AutoAugment, Cutout (Stutz et al. 2021, supplement Sec. F, G).
 
 The standard augmentation of the paper is a random crop with up to 4 pixels of (zero) padding per
-side and a random horizontal flip. "AutoAugment" (papers/001 Sec. G) adds, on top of it,
+side and a random horizontal flip. "AutoAugment" (Stutz et al. 2021, supplement Sec. G) adds, on top of it,
 AutoAugment with the CIFAR-10 policy found by Cubuk et al. (torchvision's implementation) and
 Cutout (DeVries and Taylor) with 16x16 patches, in that order. Evaluation loaders use none of
 these: images are only converted to [0, 1] tensors.

@@ -10,7 +10,7 @@ from lit_robust.errors import check
 
 
 class AdversarialDataModule(LightningDataModule):
-    """Base of every data module of the project (ARCHITECTURE.md, "Contracts").
+    """Base of every data module of the project (docs/architecture.md, "Contracts").
 
     Subclasses fill ``train_set`` (augmented), ``held_out_set`` (early stopping; CIFAR-10's last 500
     test images), ``eval_set`` (evaluation; the first 1000 test images) and ``train_eval_set`` (the

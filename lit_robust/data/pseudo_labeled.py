@@ -91,7 +91,7 @@ def read_header(archive: zipfile.ZipFile, key: str) -> Tuple[tuple, np.dtype]:
 
 class PseudoLabeledDataModule(AdversarialDataModule):
     """A base data module plus pseudo-labelled images: every training batch is half labelled, half
-    pseudo-labelled (Carmon et al. 2019, "Unlabeled data improves adversarial robustness"; papers/001
+    pseudo-labelled (Carmon et al. 2019, "Unlabeled data improves adversarial robustness"; Stutz et al. 2021, supplement
     Sec. G, "Additional unlabeled examples").
 
     The pseudo-labelled examples come from a user-supplied ``.npz`` file with ``images``, uint8 of
@@ -106,7 +106,7 @@ class PseudoLabeledDataModule(AdversarialDataModule):
     as the official code. Pseudo-labelled images get the base's training augmentation where it has
     one (``train_transform``, as the vision data modules), otherwise none. An epoch is one pass over
     the labelled examples, twice the steps of an epoch of the base; the official code's epoch (and so
-    papers/001's) is half of that, 50000 examples of which half are labelled. The held-out,
+    Stutz et al.'s) is half of that, 50000 examples of which half are labelled. The held-out,
     evaluation and train-eval loaders are the base's.
 
     Args:

@@ -1,6 +1,6 @@
 """CIFAR-10, CIFAR-100, SVHN and MNIST through torchvision's own dataset classes.
 
-The splits are the paper's (papers/001 Sec. F): all training images for training; the *last*
+The splits are the paper's (Stutz et al. 2021, supplement Sec. F): all training images for training; the *last*
 ``held_out_size`` (500) test images held out for early stopping (``val_dataloader``); the *first*
 ``eval_size`` (1000) test images for evaluation (``test_dataloader``); the first
 ``train_eval_size`` (1000) training images, without augmentation, for evaluation on training data
@@ -56,7 +56,7 @@ class VisionDataModule(AdversarialDataModule, ABC):
         crop_padding: random crop with this much zero padding per side (4 in the paper; 0: none).
         flip: random horizontal flip.
         autoaugment: AutoAugment with torchvision's CIFAR-10 policy after crop and flip
-            (papers/001 Sec. G, with ``cutout_size: 16``).
+            (Stutz et al. 2021, supplement Sec. G, with ``cutout_size: 16``).
         cutout_size: side of the Cutout square, filled with the data set's mean (0: no Cutout).
         batch_size: training batch size (per process under DDP).
         eval_batch_size: batch size of the evaluation loaders (default: ``batch_size``).

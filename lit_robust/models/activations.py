@@ -1,11 +1,11 @@
-"""Activation functions by name or class, and their maximum curvature (papers/004 Sec. 4).
+"""Activation functions by name or class, and their maximum curvature (Singla et al. 2021, Sec. 4).
 
 ``get_activation("silu")`` and ``get_activation(nn.SiLU)`` both give a module, so a YAML config can
 name an activation and Python code can pass a class. Parameters travel as keyword arguments:
 ``get_activation("pswish", beta=2.0)``, ``get_activation("leaky_relu", slope=0.1)``,
 ``get_activation("softplus", beta=5.0)``.
 
-Curvature follows papers/004: for a smooth activation the maximum of its second derivative,
+Curvature follows Singla et al. 2021: for a smooth activation the maximum of its second derivative,
 max_x f''(x); for LeakyReLU with slope k the "approximate curvature" |1 - k| (the jump of the
 slope at 0), and 1 for ReLU (k = 0).
 """
@@ -21,7 +21,7 @@ from lit_robust.errors import ConfigurationError, check
 
 
 class PSwish(nn.Module):
-    """Parametric Swish, x * sigmoid(beta * x) with a fixed beta (papers/004 Sec. 4.3); beta = 1 is SiLU."""
+    """Parametric Swish, x * sigmoid(beta * x) with a fixed beta (Singla et al. 2021, Sec. 4.3); beta = 1 is SiLU."""
 
     def __init__(self, beta: float = 1.0) -> None:
         super().__init__()
@@ -36,7 +36,7 @@ class PSwish(nn.Module):
 
 
 class LiSHT(nn.Module):
-    """Linearly scaled hyperbolic tangent, x * tanh(x) (papers/004 Sec. 4)."""
+    """Linearly scaled hyperbolic tangent, x * tanh(x) (Singla et al. 2021, Sec. 4)."""
 
     def forward(self, x: Tensor) -> Tensor:
         return x * torch.tanh(x)
@@ -114,7 +114,7 @@ def parameter_names(factory: Callable[..., nn.Module]) -> List[str]:
 
 
 def max_curvature(activation: nn.Module, low: float = -10.0, high: float = 10.0, points: int = 20001) -> float:
-    """Maximum curvature of an activation module (papers/004 Sec. 4).
+    """Maximum curvature of an activation module (Singla et al. 2021, Sec. 4).
 
     ReLU and LeakyReLU are not twice differentiable; their "approximate curvature" is the jump of
     the slope at 0, |1 - k| (1 for ReLU). For smooth activations max f''(x) is found numerically

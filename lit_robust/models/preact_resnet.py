@@ -1,5 +1,5 @@
-"""Pre-activation ResNet-18 (He et al. 2016, "Identity mappings"), the network of Rice et al.,
-papers/002 and papers/004, for 32x32 images.
+"""Pre-activation ResNet-18 (He et al. 2016, "Identity mappings"), the network of Rice et al. 2020,
+Yan et al. 2022 and Singla et al. 2021, for 32x32 images.
 
 Each block applies batch normalisation and the activation before each convolution; the stem is a
 bare 3x3 convolution and one batch normalisation + activation follows the last stage. 11.17M

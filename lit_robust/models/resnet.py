@@ -1,4 +1,4 @@
-"""ResNet-18 for 32x32 images (He et al. 2016), the paper's network (papers/001 Sec. F).
+"""ResNet-18 for 32x32 images (He et al. 2016), the paper's network (Stutz et al. 2021, supplement Sec. F).
 
 The CIFAR version: a 3x3 convolution with stride 1 as the stem and no max-pooling, four stages of
 two basic blocks with 64, 128, 256 and 512 channels (strides 1, 2, 2, 2), global average pooling
@@ -135,7 +135,7 @@ class ResNet(nn.Module):
 
 
 class ResNet18(ResNet):
-    """ResNet-18 for 32x32 inputs, the paper's network (papers/001 Sec. F); 11.17M parameters.
+    """ResNet-18 for 32x32 inputs, the paper's network (Stutz et al. 2021, supplement Sec. F); 11.17M parameters.
 
     The stem is a 3x3 convolution with stride 1 and no max-pooling, as every CIFAR ResNet-18
     (the ImageNet stem would reduce 32x32 images to 8x8 before the first stage).

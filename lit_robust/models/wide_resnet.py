@@ -18,7 +18,7 @@ class WideResNet(ResNet):
     """WRN-depth-widen_factor; takes [0, 1] images and returns logits.
 
     Args:
-        depth: number of layers, 6n + 4 (28 and 34 in papers/002 and papers/004).
+        depth: number of layers, 6n + 4 (28 and 34 in Yan et al. 2022 and Singla et al. 2021).
         widen_factor: the widening factor k (10).
         num_classes: number of classes.
         in_channels: channels of the input images.

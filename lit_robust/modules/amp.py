@@ -1,9 +1,10 @@
-"""AT-AMP, adversarial training with adversarial model perturbation (Yan et al.; papers/002 Algorithm 1, Eq. 9)."""
+"""AT-AMP, adversarial training with adversarial model perturbation (Yan et al. 2022, Algorithm 1, Eq. 9)."""
 
 from typing import Any, Dict, List, Sequence
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from lit_robust.errors import check
 from lit_robust.modules.base import step_output
@@ -15,13 +16,13 @@ from lit_robust.weights import perturbed, trainable_parameters
 class AMP(BaseLossModule):
     """min_theta max_{||Delta||_2 <= delta} (1/|B|) sum_B max_{||x' - x|| <= epsilon} L(f(x'); theta + Delta) (Eq. 9).
 
-    Algorithm 1 of papers/002: Delta starts at 0; each of N inner iterations regenerates the
+    Yan et al. 2022, Algorithm 1: Delta starts at 0; each of N inner iterations regenerates the
     adversarial examples at theta + Delta (lines 6-9), takes the gradient b of the base loss on them
     at theta + Delta (line 10), steps Delta <- Delta + xi * b and projects Delta onto the L2 ball of
     radius delta over all parameters together (lines 11-14). The gradient at theta + Delta on the
     last adversarial examples then updates theta (lines 16-17). Delta is a per-batch perturbation of
     every trainable parameter (theta); delta = 0.1 is the paper's best for AT. The base loss
-    (``base_loss``) can be AT's cross-entropy, TRADES' or MART's (papers/002 Table 3).
+    (``base_loss``) can be AT's cross-entropy, TRADES' or MART's (Yan et al. 2022, Table 3).
 
     Differences from the official AMP code (an optimiser), which the paper's text does not have:
     the official code projects each parameter tensor onto its own ball of radius delta, where the
@@ -55,6 +56,7 @@ class AMP(BaseLossModule):
               "an integer >= 1")
         super().__init__(*args, **kwargs)
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         h = self.hparams
@@ -78,7 +80,7 @@ class AMP(BaseLossModule):
 
 def project_onto_ball(delta: Sequence[Tensor], radius: float) -> List[Tensor]:
     """Scale ``delta`` (all tensors as one vector) onto the L2 ball of ``radius`` if it lies outside
-    (papers/002 Algorithm 1, lines 12-14).
+    (Yan et al. 2022, Algorithm 1, lines 12-14).
 
     Args:
         delta: one tensor per parameter.

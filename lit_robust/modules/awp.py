@@ -1,9 +1,13 @@
-"""AT-AWP, adversarial training with adversarial weight perturbations (Wu et al. 2020; papers/001 Eq. 12)."""
+"""AT-AWP, adversarial training with adversarial weight perturbations.
+
+Wu et al. 2020; Stutz et al. 2021, supplement Eq. 12.
+"""
 
 from typing import Any, Dict
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from lit_robust.errors import check, check_choice
 from lit_robust.modules.base import step_output
@@ -17,7 +21,7 @@ class AWP(BaseLossModule):
 
     After the adversarial examples, nu is one step of gradient ascent on the base loss of size xi,
     the gradient normalised per layer as in Eq. 2, nu_l = xi ||w_l|| g_l / ||g_l||; it lies on the
-    boundary of B_xi(w) (papers/001 Eq. 4). The gradient of the base loss at w + nu then updates w.
+    boundary of B_xi(w) (Stutz et al. 2021, supplement Eq. 4). The gradient of the base loss at w + nu then updates w.
     The paper's best setting is xi = 0.01 with one ascent step, perturbing the weights of
     convolutional and linear layers (``which="weights"``, as the official code, which skips every
     tensor with fewer than two dimensions). The base loss (``base_loss``) can be AT's cross-entropy,
@@ -63,6 +67,7 @@ class AWP(BaseLossModule):
         check_choice(which, "which", ("weights", "all"))
         super().__init__(*args, **kwargs)
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         h = self.hparams

@@ -1,7 +1,7 @@
 """AdversarialModule: the LightningModule every adversarial-training variant subclasses.
 
 It holds the network, the training attack and the evaluation attacks, and owns validation and
-test as the paper's protocol (papers/001 Sec. F): validation = clean + PGD on the held-out split
+test as the paper's protocol (Stutz et al. 2021, supplement Sec. F): validation = clean + PGD on the held-out split
 (``val/err``, ``val/loss``, ``val/rerr``, ``val/rloss``); test = clean + PGD-20 with 10 restarts,
 worst case per example, on the evaluation split (``test/err``, ``test/loss``, ``test/rerr_pgd``,
 ``test/rloss_pgd``), the same on the train-eval split (suffix ``_train``), and optionally the
@@ -29,6 +29,7 @@ from pytorch_lightning import LightningModule
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
+from typing_extensions import override
 
 from lit_robust.attacks import (
     PAPER_EPSILON,
@@ -80,7 +81,8 @@ def step_output(loss: Tensor, adversarial_logits: Tensor, y: Tensor) -> Dict[str
 
 
 def paper_sgd(params) -> torch.optim.Optimizer:
-    """The paper's optimiser (papers/001 Sec. F): SGD, learning rate 0.05, momentum 0.9, weight decay 5e-3."""
+    """The paper's optimiser (Stutz et al. 2021, supplement Sec. F): SGD, learning rate 0.05, momentum 0.9, weight
+    decay 5e-3."""
     return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-3)
 
 
@@ -104,8 +106,8 @@ class AdversarialModule(LightningModule):
         autoattack: also run AutoAttack on test (``test/rerr_aa``).
         autoattack_version: AutoAttack version (``"standard"`` in the paper).
         train_epsilon: epsilon of the training attack when it differs from the evaluation epsilon
-            (papers/001 Table D, "larger epsilon": train at 9/255, evaluate at 8/255).
-        l1_penalty: weight lambda of the L1 norm of the weights added to the training objective (papers/002
+            (Stutz et al. 2021, supplement Table D, "larger epsilon": train at 9/255, evaluate at 8/255).
+        l1_penalty: weight lambda of the L1 norm of the weights added to the training objective (Yan et al. 2022,
             Table 4: 5e-6), as its gradient after every backward pass (:meth:`on_after_backward`); 0 turns it off.
         predict_adversarial: ``predict`` also gives the labels predicted on the test attack's adversarial
             examples (``adversarial_labels``; needs labelled batches).
@@ -152,6 +154,7 @@ class AdversarialModule(LightningModule):
         self.test_metrics = nn.ModuleDict({name: MeanMetric() for name in ("err", "loss", "rerr_pgd", "rloss_pgd",
                                                                            "rerr_aa")})
 
+    @override
     def configure_model(self) -> None:
         """Compile the network in place when ``compile`` is set (``nn.Module.compile``: same parameters)."""
         if self.hparams.get("compile", False):
@@ -188,9 +191,11 @@ class AdversarialModule(LightningModule):
         """The training attack: PGD on cross-entropy, last iterate (Madry et al.); variants override."""
         return PGD(**self.train_attack_arguments(), keep_best=False)
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
+    @override
     def on_train_batch_end(self, outputs: Optional[Mapping[str, Any]], batch: Any, batch_idx: int) -> None:
         """Log the training metrics from what :meth:`training_step` returned (see :meth:`log_training`): one
         place for every variant, so that no variant has to remember it."""
@@ -224,10 +229,11 @@ class AdversarialModule(LightningModule):
         self.log_dict({f"train/{name}": value for name, value in values.items()}, on_step=False, on_epoch=True)
         self.log_dict({f"train_step/{name}": value for name, value in values.items()}, on_step=True, on_epoch=False)
 
+    @override
     def on_after_backward(self) -> None:
         """Add the gradient of ``l1_penalty * sum_l ||w_l||_1``, ``l1_penalty * sign(w)``, to the gradients of the
         weights of convolutional and linear layers (no biases, no batch normalisation): the L1 regularisation
-        of papers/002 Table 4 (Rice et al.). Every backward pass, automatic or manual, ends here, so that the
+        (Rice et al. 2020; Yan et al. 2022, Table 4). Every backward pass, automatic or manual, ends here, so that the
         penalty acts for every variant. The gradient is scaled as the loss was: by the mixed-precision loss
         scale, and by 1 / accumulate_grad_batches under automatic optimisation."""
         if self.hparams.l1_penalty == 0:
@@ -243,12 +249,14 @@ class AdversarialModule(LightningModule):
                 penalty = scale * weight.sign()
                 weight.grad = penalty if weight.grad is None else weight.grad.add_(penalty)
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         for name, values in clean_and_robust(self.model, x, y, self.val_attack).items():
             self.val_metrics[name].update(values)
             self.log(f"val/{name}", self.val_metrics[name], on_epoch=True, prog_bar=name == "rerr")
 
+    @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         values = clean_and_robust(self.model, x, y, self.test_attack)
@@ -261,6 +269,7 @@ class AdversarialModule(LightningModule):
             self.test_metrics["rerr_aa"].update(broken.float())
             self.log("test/rerr_aa", self.test_metrics["rerr_aa"], on_epoch=True)
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Tensor]:
         """The predicted labels of a batch (``labels``), and with ``predict_adversarial`` those on the test
         attack's adversarial examples (``adversarial_labels``)."""
@@ -302,6 +311,7 @@ class AdversarialModule(LightningModule):
                       f"the data module's {name}, {list(stated)} ({type(datamodule).__name__}): the network's "
                       f"normalisation must be that of the data")
 
+    @override
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if batch_idx == 0:
             views = batch[0] if isinstance(batch[0], (list, tuple)) else [batch[0]]  # one or several views
@@ -309,11 +319,13 @@ class AdversarialModule(LightningModule):
             for x in views:
                 check_input_range(x)
 
+    @override
     def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0:
             self.check_network_fits_data(batch[0])
             check_input_range(batch[0])
 
+    @override
     def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0:
             self.check_network_fits_data(batch[0])
@@ -322,6 +334,7 @@ class AdversarialModule(LightningModule):
             require_input_gradients()
             check_gradient_masking(self.model, x, y)
 
+    @override
     def on_test_epoch_end(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if not self.hparams.test_on_train or datamodule is None or not hasattr(datamodule, "train_eval_dataloader"):
@@ -333,6 +346,7 @@ class AdversarialModule(LightningModule):
         names = {"err": "err_train", "loss": "loss_train", "rerr": "rerr_pgd_train", "rloss": "rloss_pgd_train"}
         self.log_dict({f"test/{names[k]}": v / count for k, v in totals.items()}, sync_dist=False)
 
+    @override
     def on_before_backward(self, loss: Tensor) -> None:
         """Stop at once on a non-finite training loss: before the backward pass, so that neither the
         weights nor any checkpoint (ModelCheckpoint saves in ``on_train_batch_end``) sees the step; the
@@ -340,6 +354,7 @@ class AdversarialModule(LightningModule):
         self.stop_unless_finite(bool(torch.isfinite(loss.detach()).all()), f"non-finite training loss "
                                 f"({float(loss.detach())})", "training stopped before this update")
 
+    @override
     def on_validation_epoch_end(self) -> None:
         """Stop on a non-finite validation loss or non-finite weights, before a checkpoint callback saves
         them (ModelCheckpoint saves in ``on_validation_end``)."""
@@ -373,6 +388,7 @@ class AdversarialModule(LightningModule):
                  if path and os.path.isfile(path)]
         return max(paths, key=os.path.getmtime, default=None)
 
+    @override
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         """Keep the random number generators' states, so that a resumed run draws the same batches and
         random starts as an uninterrupted one; refuse to save non-finite weights."""
@@ -386,11 +402,13 @@ class AdversarialModule(LightningModule):
                 f"stopped and no checkpoint written. Last good checkpoint (kept): "
                 f"{self.last_checkpoint() or 'none was written yet'}.")
 
+    @override
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         """Restore the random number generators' states when a trainer resumes fitting from ``checkpoint``."""
         if self._trainer is not None and self.trainer.state.fn == "fit" and "random_states" in checkpoint:
             set_random_states(checkpoint["random_states"])
 
+    @override
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())
         if self.lr_scheduler is None:

@@ -5,6 +5,7 @@ from typing import Any, Dict
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
 from lit_robust.data.base import AdversarialDataModule
 from lit_robust.errors import ConfigurationError, check
@@ -54,6 +55,7 @@ class Consistency(AdversarialModule):
         check(temperature > 0, "temperature", temperature, "a number > 0 (0.5 in the official code)")
         super().__init__(*args, **kwargs)
 
+    @override
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and datamodule is not None:
@@ -66,6 +68,7 @@ class Consistency(AdversarialModule):
                     f"to {type(self).__name__}.")
             datamodule.train_views = self.train_views
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         views, y = batch
         if not (isinstance(views, (list, tuple)) and len(views) == self.train_views):

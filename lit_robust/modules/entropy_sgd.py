@@ -1,4 +1,4 @@
-"""Entropy-SGD on the robust loss (Chaudhari et al. 2017; papers/001 Sec. G)."""
+"""Entropy-SGD on the robust loss (Chaudhari et al. 2017; Stutz et al. 2021, supplement Sec. G)."""
 
 import math
 from typing import Any, Dict, List, Optional
@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
 from lit_robust.errors import check
 from lit_robust.modules.base import AdversarialModule, step_output
@@ -14,7 +15,7 @@ from lit_robust.weights import perturbed
 
 class EntropySGD(AdversarialModule):
     """Adversarial training with Entropy-SGD (Chaudhari et al. 2017, "Entropy-SGD: biasing gradient
-    descent into wide valleys", Algorithm 1; papers/001 Sec. G) on the robust loss
+    descent into wide valleys", Algorithm 1; Stutz et al. 2021, supplement Sec. G) on the robust loss
     f(x) = CE(network(x_adv; x), y), x being the weights and x_adv from PGD at the weights in use.
 
     Algorithm 1 with L Langevin iterations: x', mu <- x; then, for l = 1..L, on a fresh training
@@ -26,7 +27,7 @@ class EntropySGD(AdversarialModule):
     finally x <- x - eta gamma (x - mu), with the scope gamma = gamma_0 (1 + gamma_1)^t after t
     updates of x ("scoping"). Each training step is one Langevin iteration on one batch, so an
     update of x consumes L batches, and an epoch, one pass over the data, makes 1/L as many updates
-    as an epoch of AT. papers/001 trains 150/L epochs of as many updates as AT makes per epoch, that
+    as an epoch of AT. Stutz et al. 2021 train 150/L epochs of as many updates as AT makes per epoch, that
     is 150 passes over the data: 150 epochs here. A cycle that an epoch leaves unfinished goes on in
     the next epoch; one left unfinished when training ends does not change x.
 
@@ -41,7 +42,7 @@ class EntropySGD(AdversarialModule):
     saved in and restored from checkpoints, so a run resumes in the middle of a cycle. The noise
     generator is seeded identically on every process, so DDP replicas stay identical.
 
-    Differences from the official code (ucla-vision/entropy-sgd), which papers/001 follows: it
+    Differences from the official code (ucla-vision/entropy-sgd), which Stutz et al. 2021 follow: it
     evaluates one more batch per update whose gradient it discards (here exactly L batches); its
     Langevin step uses Nesterov momentum and weight decay, and noise eps * sqrt(2 eta'); its update
     of x uses the gradient x - mu without gamma (here gamma / gamma_0, so equal when gamma_1 = 0);
@@ -52,7 +53,7 @@ class EntropySGD(AdversarialModule):
     Training metrics are those at the Langevin iterate x'.
 
     Args:
-        langevin_steps: L, Langevin iterations (batches) per update of x (1, 2, 3 or 5 in papers/001).
+        langevin_steps: L, Langevin iterations (batches) per update of x (1, 2, 3 or 5 in Stutz et al. 2021).
         gamma: gamma_0, the scope coupling x' to x.
         scoping: gamma_1, the growth of the scope per update of x.
         langevin_lr: eta', the Langevin step size (0.1 in the official code).
@@ -82,6 +83,7 @@ class EntropySGD(AdversarialModule):
         """The tensors Entropy-SGD updates: every trainable parameter of the network."""
         return [w for w in self.model.parameters() if w.requires_grad]
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         weights = self.weights()
@@ -132,6 +134,7 @@ class EntropySGD(AdversarialModule):
         if self.hparams.lr_scheduler_interval == "step":
             self.step_scheduler()
 
+    @override
     def on_train_epoch_end(self) -> None:
         if self.hparams.lr_scheduler_interval == "epoch":
             self.step_scheduler()
@@ -141,6 +144,7 @@ class EntropySGD(AdversarialModule):
         if scheduler is not None:
             scheduler.step()
 
+    @override
     def configure_optimizers(self):
         configured = super().configure_optimizers()
         scheduler = configured["lr_scheduler"]["scheduler"] if isinstance(configured, dict) else None
@@ -148,6 +152,7 @@ class EntropySGD(AdversarialModule):
               type(scheduler).__name__, "a schedule that steps without a metric (e.g. MultiStepLR) for EntropySGD")
         return configured
 
+    @override
     def on_fit_start(self) -> None:
         check(getattr(self.trainer.precision_plugin, "scaler", None) is None, "trainer.precision",
               self.trainer.precision, "one that leaves gradients unscaled (32 or bf16-mixed) for the Langevin steps")
@@ -162,6 +167,7 @@ class EntropySGD(AdversarialModule):
         self.langevin = [t.to(self.device) for t in restored["langevin"]]
         self.average = [t.to(self.device) for t in restored["average"]]
 
+    @override
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["entropy_sgd"] = {
@@ -171,6 +177,7 @@ class EntropySGD(AdversarialModule):
             "generator": self.generator.get_state() if self.generator is not None else None,
         }
 
+    @override
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("entropy_sgd")

@@ -1,9 +1,10 @@
-"""Friendly adversarial training, PGD-tau (Zhang et al. 2020; papers/001 Sec. G)."""
+"""Friendly adversarial training, PGD-tau (Zhang et al. 2020; Stutz et al. 2021, supplement Sec. G)."""
 
 from typing import Any, Dict
 
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
 from lit_robust.attacks import FriendlyPGD
 from lit_robust.modules.base import AdversarialModule, step_output
@@ -12,7 +13,7 @@ from lit_robust.modules.base import AdversarialModule, step_output
 class FriendlyAT(AdversarialModule):
     """Adversarial training on "friendly" adversarial examples: PGD-K-tau (Zhang et al. 2020,
     "Attacks which do not kill training make adversarial learning stronger", Algorithm 1;
-    papers/001 Sec. G).
+    Stutz et al. 2021, supplement Sec. G).
 
     The inner maximisation stops, per example, tau iterations after the label flips
     (:class:`~lit_robust.attacks.FriendlyPGD`); with tau = 0 an example the model misclassifies
@@ -24,7 +25,7 @@ class FriendlyAT(AdversarialModule):
     pass (PGD-7-tau: at most 8 forward, 7 input-only backward, 1 full backward).
 
     Args:
-        tau: iterations after the label flips (0, 1, 2 or 3 in papers/001).
+        tau: iterations after the label flips (0, 1, 2 or 3 in Stutz et al. 2021).
         **kwargs: :class:`~lit_robust.modules.base.AdversarialModule` arguments.
     """
 
@@ -35,6 +36,7 @@ class FriendlyAT(AdversarialModule):
         """Early-stopped PGD-K-tau from x, last iterate, eval mode."""
         return FriendlyPGD(**self.train_attack_arguments(), tau=self.hparams.tau)
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         # inner maximisation, stopped tau iterations after each example's label flips

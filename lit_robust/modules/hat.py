@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lit_robust.attacks import PGD
 from lit_robust.errors import ConfigurationError, check
@@ -137,10 +138,12 @@ class HAT(AdversarialModule):
             self._standard, self._standard_loaded = FrozenNetwork(network), True
         return self._standard
 
+    @override
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self.standard_network()  # a bad checkpoint fails before training starts
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         h = self.hparams

@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lit_robust.errors import check
 from lit_robust.modules.base import AdversarialModule, step_output
@@ -108,6 +109,7 @@ class KDSWA(AdversarialModule):
             teacher = network
         return teacher.requires_grad_(False).eval()
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         h = self.hparams

@@ -1,11 +1,8 @@
-"""MART, misclassification-aware adversarial training (Wang et al. 2020; papers/001 Eq. 14-15)."""
+"""MART, misclassification-aware adversarial training (Wang et al. 2020; Stutz et al. 2021, supplement Eq. 14-15)."""
 
-from typing import Any, Dict
-
-from torch import Tensor
+from typing import Any
 
 from lit_robust.errors import check
-from lit_robust.modules.base import step_output
 from lit_robust.modules.objectives import ObjectiveModule
 
 
@@ -32,13 +29,6 @@ class MART(ObjectiveModule):
         check(lam >= 0, "lam", lam, "a number >= 0 (the paper uses 1, 3, 6 or 9)")
         super().__init__(*args, **kwargs)
 
-    # the training attack: PGD on cross-entropy from 0.001 * N(0, 1), last iterate, eval mode
+    # ObjectiveModule.training_step runs the inner maximisation, PGD on cross-entropy from 0.001 * N(0, 1)
+    # (last iterate, eval mode), then the outer loss of Eq. 15
     objective = "mart"
-
-    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
-        x, y = batch
-        # inner maximisation: max_delta CE(f(x + delta), y)
-        x_adv = self.train_attack(self.model, x, y)
-        # outer minimisation (Eq. 15): BCE(f(x_adv), y) + lambda * KL(f(x) || f(x_adv)) * (1 - f_y(x))
-        loss, adversarial_logits = self.robust_loss(self.model, x, x_adv, y)
-        return step_output(loss, adversarial_logits, y)

@@ -7,9 +7,9 @@ maximisation over the input) and the outer loss on the clean and adversarial exa
 A new base objective is a new row.
 
 - ``"at"`` (Madry et al.): PGD on cross-entropy from a uniform start; CE(f(x_adv), y).
-- ``"trades"`` (papers/001 Eq. 13): PGD on KL(f(x) || f(x + delta)) from 0.001 * N(0, 1), as the
+- ``"trades"`` (Stutz et al. 2021, supplement Eq. 13): PGD on KL(f(x) || f(x + delta)) from 0.001 * N(0, 1), as the
   official code; CE(f(x), y) + lambda * KL(f(x) || f(x_adv)).
-- ``"mart"`` (papers/001 Eq. 14-15): PGD on cross-entropy from 0.001 * N(0, 1), as the official
+- ``"mart"`` (Stutz et al. 2021, supplement Eq. 14-15): PGD on cross-entropy from 0.001 * N(0, 1), as the official
   code; BCE(f(x_adv), y) + lambda * KL(f(x) || f(x_adv)) * (1 - f_y(x)).
 
 Every attack runs in eval mode and returns its last iterate. Forward passes of the outer loss:
@@ -22,11 +22,12 @@ from typing import Any, Callable, Dict, Literal, Mapping, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
 from lit_robust.attacks import PGD, Norm
 from lit_robust.errors import check, check_choice
 from lit_robust.losses import mart_loss, trades_loss
-from lit_robust.modules.base import AdversarialModule
+from lit_robust.modules.base import AdversarialModule, step_output
 
 BaseLoss = Literal["at", "trades", "mart"]
 SMALL_START_STD = 0.001
@@ -101,7 +102,8 @@ class ObjectiveModule(AdversarialModule):
     """An :class:`~lit_robust.modules.base.AdversarialModule` trained on the base objective named
     :attr:`objective` (a key of :data:`OBJECTIVES`): its training attack and, by :meth:`robust_loss`,
     its outer loss with weight ``lam``. Subclasses name the objective (TRADES, MART) or take it as an
-    argument (:class:`BaseLossModule`)."""
+    argument (:class:`BaseLossModule`, UnlabeledAT); those that change the update (AWP, AMP, SAM)
+    override :meth:`training_step`."""
 
     objective: str = "at"
 
@@ -114,6 +116,16 @@ class ObjectiveModule(AdversarialModule):
         (see :func:`base_loss`)."""
         return base_loss(self.objective, forward, x, x_adv, y, self.hparams.lam)
 
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
+        """The inner maximisation (the training attack of :attr:`objective`), then its outer loss."""
+        x, y = batch
+        # inner maximisation: max_delta of the objective's attack loss (CE, or KL(f(x) || f(x + delta)))
+        x_adv = self.train_attack(self.model, x, y)
+        # outer minimisation: the objective's loss on the clean and adversarial examples
+        loss, adversarial_logits = self.robust_loss(self.model, x, x_adv, y)
+        return step_output(loss, adversarial_logits, y)
+
 
 class BaseLossModule(ObjectiveModule):
     """An :class:`ObjectiveModule` whose base objective is the argument ``base_loss``
@@ -121,7 +133,7 @@ class BaseLossModule(ObjectiveModule):
 
     Args:
         base_loss: ``"at"``, ``"trades"`` or ``"mart"``.
-        lam: weight lambda of the KL term of ``"trades"`` and ``"mart"`` (1, 3, 6 or 9 in papers/001).
+        lam: weight lambda of the KL term of ``"trades"`` and ``"mart"`` (1, 3, 6 or 9 in Stutz et al. 2021).
         **kwargs: :class:`~lit_robust.modules.base.AdversarialModule` arguments.
     """
 

@@ -1,10 +1,11 @@
-"""PGD adversarial training (Madry et al. 2018), the paper's AT baseline (papers/001 Sec. F, G)."""
+"""PGD adversarial training (Madry et al. 2018), the paper's AT baseline (Stutz et al. 2021, supplement Sec. F, G)."""
 
 from typing import Any, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
 from lit_robust.attacks import restore_modes
 from lit_robust.errors import check
@@ -20,14 +21,14 @@ class PGDAT(AdversarialModule):
     backward, 1 full backward). ``ignore_incorrect`` and ``prevent_label_leaking`` add one forward
     pass without gradients (the clean prediction).
 
-    Options of papers/001 Sec. G that are plain AT with a switch:
+    Options of Stutz et al. 2021 (supplement Sec. G) that are plain AT with a switch:
 
     Args:
         label_smoothing: tau of label smoothing, p_y = 1 - tau, p_i = tau / (K - 1); weight update only.
         label_noise: tau of label noise, a fresh tau fraction of random labels per batch; weight update only.
         ignore_incorrect: no adversarial example for training examples the model misclassifies.
         prevent_label_leaking: attack the predicted instead of the true label.
-        mixup_alpha: alpha of mixup inside AT (papers/002 Table 4: 1.4; 0: off), see :meth:`mixup`.
+        mixup_alpha: alpha of mixup inside AT (Yan et al. 2022, Table 4: 1.4; 0: off), see :meth:`mixup`.
             It cannot be combined with the four options above, which need hard labels.
         **kwargs: :class:`~lit_robust.modules.base.AdversarialModule` arguments.
     """
@@ -43,6 +44,7 @@ class PGDAT(AdversarialModule):
               "0 when label_smoothing, label_noise, ignore_incorrect or prevent_label_leaking is set")
         super().__init__(*args, **kwargs)
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         h = self.hparams
@@ -64,7 +66,7 @@ class PGDAT(AdversarialModule):
 
     def mixup(self, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """Mixup (Zhang et al. 2018) of the clean batch before the attack, as Rice et al. use it inside AT
-        (papers/002 Table 4).
+        (Yan et al. 2022, Table 4).
 
         One lambda ~ Beta(alpha, alpha) per batch and a random permutation pi give
         x_mix = lambda x + (1 - lambda) x[pi] and the target lambda e_y + (1 - lambda) e_y[pi]. PGD then

@@ -1,10 +1,14 @@
-"""Adversarial training with rotation prediction as self-supervision (Hendrycks et al. 2019; papers/001 Eq. 16)."""
+"""Adversarial training with rotation prediction as self-supervision.
+
+Hendrycks et al. 2019; Stutz et al. 2021, supplement Eq. 16.
+"""
 
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lit_robust.errors import check
 from lit_robust.modules.base import AdversarialModule, step_output
@@ -49,9 +53,9 @@ class RotationPredictor(nn.Module):
 class RotationSelfSupervised(AdversarialModule):
     """max_delta CE(f(x + delta), y) + lambda * max_delta CE(g(rot(x + delta, r)), y_r)
     (Hendrycks et al. 2019, "Using self-supervised learning can improve model robustness and
-    uncertainty"; papers/001 Eq. 16).
+    uncertainty"; Stutz et al. 2021, supplement Eq. 16).
 
-    As papers/001 Sec. G describes it, every batch is split in half: the first half keeps its
+    As Stutz et al. 2021 describe it (supplement Sec. G), every batch is split in half: the first half keeps its
     images and labels, each image of the second half is rotated by one random r in {0, 90, 180, 270}
     degrees and labelled with y_r in {0, 1, 2, 3} (one rotation per image, not all four as in
     Hendrycks et al.). The rotation head g is ``nn.Linear(num_features, 4)`` on the network's
@@ -67,7 +71,7 @@ class RotationSelfSupervised(AdversarialModule):
     8 forward, 7 input-only backward, 1 full backward).
 
     Args:
-        lam: weight lambda of the rotation loss (0.5, 1, 2, 4 or 8 in papers/001).
+        lam: weight lambda of the rotation loss (0.5, 1, 2, 4 or 8 in Stutz et al. 2021).
         **kwargs: :class:`~lit_robust.modules.base.AdversarialModule` arguments; the model must
             have ``forward_features`` and ``num_features``.
     """
@@ -80,6 +84,7 @@ class RotationSelfSupervised(AdversarialModule):
               "for the rotation head (as every network of lit_robust.models)")
         self.rotation_head = nn.Linear(self.model.num_features, ROTATIONS)
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         half = (len(x) + 1) // 2

@@ -4,6 +4,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from lit_robust.errors import check, check_choice
 from lit_robust.modules.base import step_output
@@ -36,7 +37,7 @@ class SAM(BaseLossModule):
     ASAM; both official codes perturb every trainable tensor, batch normalisation's included
     (``which="trainable"``).
 
-    AWP (:class:`~lit_robust.modules.awp.AWP`, papers/001 Eq. 12) is the same two-pass update with
+    AWP (:class:`~lit_robust.modules.awp.AWP`, Stutz et al. 2021, supplement Eq. 12) is the same two-pass update with
     a different neighbourhood: per layer, relative to ||w_l||, on the weights of convolutional and
     linear layers only. Wei, Zhu and Zhang ("Sharpness-aware minimization alone can improve
     adversarial robustness", ICML 2023 AdvML-Frontiers workshop; extended as Zhang et al., "On the
@@ -82,6 +83,7 @@ class SAM(BaseLossModule):
         """The radius: ``rho`` where given, else the paper's (0.05 SAM, 0.5 ASAM)."""
         return self.hparams.rho if self.hparams.rho is not None else PAPER_RHO[self.hparams.adaptive]
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         x, y = batch
         h = self.hparams

@@ -1,10 +1,11 @@
-"""Standard (clean) training, the reference point of every comparison (papers/001 Sec. F)."""
+"""Standard (clean) training, the reference point of every comparison (Stutz et al. 2021, supplement Sec. F)."""
 
 from typing import Any, Dict, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
 from lit_robust.modules.base import AdversarialModule
 
@@ -25,6 +26,7 @@ class StandardTraining(AdversarialModule):
         """No training attack."""
         return None
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         """The clean cross-entropy (``loss``) with the clean ``logits`` and labels ``y`` for :meth:`log_training`."""
         x, y = batch

@@ -7,6 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
 from lit_robust.attacks import PGD, restore_modes
 from lit_robust.data.indexed import with_example_indices
@@ -101,6 +102,7 @@ class TemporalEnsembling(AdversarialModule):
         phase = 1.0 - (epoch - h.start_epoch) / (h.end_epoch - h.start_epoch)
         return h.weight * math.exp(-5.0 * phase * phase)
 
+    @override
     def setup(self, stage: str) -> None:
         """Make the training loader give example indices, and start the ensemble at zero."""
         if stage != "fit":
@@ -127,6 +129,7 @@ class TemporalEnsembling(AdversarialModule):
         rows = self.ensemble_predictions[index]
         return rows / rows.sum(dim=1, keepdim=True)
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         if len(batch) != 3:
             raise RuntimeError("TemporalEnsembling needs batches (x, y, index): train it with a data module of this "
@@ -148,12 +151,14 @@ class TemporalEnsembling(AdversarialModule):
         self.log("train/te_weight", weight, on_step=False, on_epoch=True)
         return step_output(loss, logits, y)
 
+    @override
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         """Also keep the ensemble prediction of every training example."""
         super().on_save_checkpoint(checkpoint)
         if self.ensemble_predictions is not None:
             checkpoint["temporal_ensemble"] = self.ensemble_predictions.detach().cpu().clone()
 
+    @override
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         """Restore the ensemble where the checkpoint has one."""
         super().on_load_checkpoint(checkpoint)

@@ -1,11 +1,8 @@
-"""TRADES (Zhang et al. 2019; papers/001 Eq. 13)."""
+"""TRADES (Zhang et al. 2019; Stutz et al. 2021, supplement Eq. 13)."""
 
-from typing import Any, Dict
-
-from torch import Tensor
+from typing import Any
 
 from lit_robust.errors import check
-from lit_robust.modules.base import step_output
 from lit_robust.modules.objectives import ObjectiveModule
 
 
@@ -33,13 +30,6 @@ class TRADES(ObjectiveModule):
         check(lam >= 0, "lam", lam, "a number >= 0 (the paper uses 1, 3, 6 or 9)")
         super().__init__(*args, **kwargs)
 
-    # the training attack: PGD on KL(f(x) || f(x + delta)) from 0.001 * N(0, 1), last iterate, eval mode
+    # ObjectiveModule.training_step runs the inner maximisation, PGD on KL(f(x) || f(x + delta)) from
+    # 0.001 * N(0, 1) (last iterate, eval mode), then the outer loss of Eq. 13
     objective = "trades"
-
-    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
-        x, y = batch
-        # inner maximisation: max_delta KL(f(x) || f(x + delta))
-        x_adv = self.train_attack(self.model, x, y)
-        # outer minimisation (Eq. 13): CE(f(x), y) + lambda * KL(f(x) || f(x_adv))
-        loss, adversarial_logits = self.robust_loss(self.model, x, x_adv, y)
-        return step_output(loss, adversarial_logits, y)
