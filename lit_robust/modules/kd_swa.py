@@ -109,7 +109,7 @@ class KDSWA(AdversarialModule):
         return teacher.requires_grad_(False).eval()
 
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
-        x, y = batch
+        x, y = self.inputs_and_targets(batch)
         h = self.hparams
         # inner maximisation: PGD-AT's, on the student
         x_adv = self.train_attack(self.model, x, y)

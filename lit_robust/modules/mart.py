@@ -36,7 +36,7 @@ class MART(ObjectiveModule):
     objective = "mart"
 
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
-        x, y = batch
+        x, y = self.inputs_and_targets(batch)
         # inner maximisation: max_delta CE(f(x + delta), y)
         x_adv = self.train_attack(self.model, x, y)
         # outer minimisation (Eq. 15): BCE(f(x_adv), y) + lambda * KL(f(x) || f(x_adv)) * (1 - f_y(x))

@@ -128,10 +128,11 @@ class TemporalEnsembling(AdversarialModule):
         return rows / rows.sum(dim=1, keepdim=True)
 
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
+        x, y = self.inputs_and_targets(batch)
         if len(batch) != 3:
             raise RuntimeError("TemporalEnsembling needs batches (x, y, index): train it with a data module of this "
                                "library, whose train_set its setup wraps in IndexedDataset.")
-        x, y, index = batch
+        index = batch[2]
         weight = self.ensemble_weight(self.current_epoch)
         ensemble_targets = self.update_ensemble(x, index) if weight > 0 else None
         # inner maximisation: PGD on CE + w * ensemble term

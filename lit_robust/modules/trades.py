@@ -37,7 +37,7 @@ class TRADES(ObjectiveModule):
     objective = "trades"
 
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
-        x, y = batch
+        x, y = self.inputs_and_targets(batch)
         # inner maximisation: max_delta KL(f(x) || f(x + delta))
         x_adv = self.train_attack(self.model, x, y)
         # outer minimisation (Eq. 13): CE(f(x), y) + lambda * KL(f(x) || f(x_adv))

@@ -49,7 +49,7 @@ class UnlabeledAT(ObjectiveModule):
                                      "lit_robust.data.PseudoLabeledDataModule for UnlabeledAT.")
 
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
-        x, y = batch  # half labelled, half pseudo-labelled
+        x, y = self.inputs_and_targets(batch)  # half labelled, half pseudo-labelled
         # inner maximisation
         x_adv = self.train_attack(self.model, x, y)
         # outer minimisation: the robust loss of AT or TRADES on all of the batch
