@@ -13,9 +13,11 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lit_robust.attacks import PGD, Norm, ThreatModel
-from lit_robust.errors import ConfigurationError, check, check_choice
+from lit_robust.attacks import PGD, Norm
+from lit_robust.batches import DEFAULT_BATCH_KEYS, inputs_and_targets
+from lit_robust.errors import check, check_choice
 from lit_robust.evaluation import clean_and_robust
+from lit_robust.module_contract import NetworkSetting, network_of, threat_model_for
 
 Monitor = Literal["rerr", "rloss"]
 
@@ -44,8 +46,14 @@ class RobustEarlyStopping(Callback):
       ``epsilon``, ``step_size`` and ``norm`` equal to this callback's), its ``val/rerr`` (or
       ``val/rloss``) is reused
       and the held-out split is attacked only once;
-    * otherwise the callback attacks every validation batch itself (``clean_and_robust``) and
-      sums across processes.
+    * otherwise the callback attacks every validation batch itself (``clean_and_robust`` on the module's
+      network, its ``network`` attribute) and sums across processes.
+
+    On a LightningModule of one's own (not an ``AdversarialModule``), ``network`` names the attribute that
+    holds the network (or is a callable taking the module), and ``epsilon`` and ``step_size`` give the threat
+    model (``norm`` defaults to L-inf); the batches follow the batch contract (:mod:`lit_robust.batches`,
+    dict keys from the module's ``batch_keys`` where it has them). Everything missing is named in one error
+    at ``setup``, before the first batch.
 
     It logs ``early_stopping/<monitor>`` (this evaluation), ``early_stopping/best_<monitor>`` and
     ``early_stopping/best_epoch`` (``early_stopping/best_epoch_rloss`` for the robust loss, so that one
@@ -59,9 +67,10 @@ class RobustEarlyStopping(Callback):
             trainer's ``check_val_every_n_epoch``, as the evaluation runs with validation.
         steps: PGD iterations (7).
         restarts: PGD random restarts, worst case per example (5).
-        epsilon: radius of the threat model; default the module's ``threat_model``'s.
-        step_size: PGD step size; default the module's ``threat_model``'s.
-        norm: threat model; default the module's ``threat_model``'s.
+        epsilon: radius of the threat model; default the module's ``threat_model``'s (needed for a module
+            without one).
+        step_size: PGD step size; default the module's ``threat_model``'s (needed for a module without one).
+        norm: threat model; default the module's ``threat_model``'s, else ``"linf"``.
         patience: stop training after this many evaluations without improvement; ``None``
             (default, as the paper) never stops.
         restore_best_weights: at the end of fit, load the best weights into the module, so that the
@@ -71,12 +80,14 @@ class RobustEarlyStopping(Callback):
             else ``<log_dir>/checkpoints``.
         filename: name of the best-weights checkpoint, without ``.ckpt``.
         monitor: ``"rerr"`` (the paper's robust error, default) or ``"rloss"`` (robust loss).
+        network: the module's attribute that holds the network (``"model"``), or a callable taking the module.
     """
 
     def __init__(self, every_n_epochs: int = 5, steps: int = 7, restarts: int = 5, epsilon: Optional[float] = None,
                  step_size: Optional[float] = None, norm: Optional[Norm] = None, patience: Optional[int] = None,
                  restore_best_weights: bool = False, dirpath: Optional[str] = None,
-                 filename: str = "early_stopping", monitor: Monitor = "rerr") -> None:
+                 filename: str = "early_stopping", monitor: Monitor = "rerr",
+                 network: NetworkSetting = "model") -> None:
         check_choice(monitor, "monitor", ("rerr", "rloss"))
         check(every_n_epochs >= 1, "every_n_epochs", every_n_epochs, "an integer >= 1")
         check(patience is None or patience >= 1, "patience", patience, "an integer >= 1 or null (never stop)")
@@ -84,6 +95,9 @@ class RobustEarlyStopping(Callback):
         # the attack's own checks of every given setting, now; what is left unset comes from the module in setup
         PGD(1.0 if epsilon is None else epsilon, (1.0 if epsilon is None else epsilon) if step_size is None
             else step_size, steps, restarts=restarts, norm=norm or "linf")
+        check(callable(network) or (isinstance(network, str) and bool(network)), "network", network,
+              "the name of the module's attribute that holds the network, or a callable taking the module")
+        self.network = network
         self.monitor = monitor
         self.every_n_epochs = every_n_epochs
         self.steps = steps
@@ -114,16 +128,10 @@ class RobustEarlyStopping(Callback):
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
-        threat_model = getattr(pl_module, "threat_model", None)
-
-        def setting(name: str, value: Any) -> Any:
-            if value is None and not isinstance(threat_model, ThreatModel):
-                raise ConfigurationError(f"{name}=None is not allowed: RobustEarlyStopping needs {name} when the "
-                                         f"module has no threat_model to take it from.")
-            return getattr(threat_model, name) if value is None else value
-
-        self.attack = PGD(setting("epsilon", self.epsilon), setting("step_size", self.step_size), self.steps,
-                          restarts=self.restarts, norm=setting("norm", self.norm))
+        threat_model = threat_model_for(pl_module, self.epsilon, self.step_size, self.norm, "RobustEarlyStopping")
+        network_of(pl_module, self.network, "RobustEarlyStopping")
+        self.attack = PGD(threat_model.epsilon, threat_model.step_size, self.steps, restarts=self.restarts,
+                          norm=threat_model.norm)
         reference = getattr(pl_module, "val_attack", None)
         self.reuse_validation = type(reference) is PGD and vars(reference) == vars(self.attack)
         how = (f"reuses the module's val/{self.monitor}" if self.reuse_validation
@@ -150,8 +158,9 @@ class RobustEarlyStopping(Callback):
         Sec. F)."""
         if self.reuse_validation or dataloader_idx != 0 or not self._evaluates(trainer):
             return
-        x, y = batch
-        value = clean_and_robust(pl_module, x, y, self.attack)[self.monitor].detach().float()
+        x, y = inputs_and_targets(batch, getattr(pl_module, "batch_keys", DEFAULT_BATCH_KEYS))
+        network = network_of(pl_module, self.network, "RobustEarlyStopping")
+        value = clean_and_robust(network, x, y, self.attack)[self.monitor].detach().float()
         self._sums += torch.stack([value.sum(), value.new_tensor(float(len(y)))])
 
     @override

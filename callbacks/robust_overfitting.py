@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
 from lit_robust.errors import check
@@ -29,6 +29,10 @@ class RobustOverfitting(Callback):
     ``robust_overfitting/final_rloss``, ``robust_overfitting/rise`` (a fraction: 0.3 is +30%) and
     ``robust_overfitting/train_rloss``, so that they reach ``metrics.json``.
 
+    A LightningModule of one's own logs ``val/rloss`` in validation and ``train/rloss`` as an epoch mean in
+    training (``self.log("train/rloss", ..., on_epoch=True)``), as every ``AdversarialModule`` does; when
+    either is missing once a training epoch and a validation have run, the callback warns once naming it.
+
     Args:
         threshold: the rise (a fraction of the minimum) above which the summary calls the run
             robustly overfit.
@@ -42,6 +46,8 @@ class RobustOverfitting(Callback):
         self.train_rloss: Dict[int, float] = {}
         self.lr: Dict[int, float] = {}
         self._pending_train_epoch: Optional[int] = None
+        self._validated = False
+        self._checked_metrics = False
 
     @property
     def state_key(self) -> str:
@@ -52,7 +58,24 @@ class RobustOverfitting(Callback):
         value = trainer.callback_metrics.get("train/rloss")
         if self._pending_train_epoch is not None and value is not None:
             self.train_rloss[self._pending_train_epoch] = float(value)
+        if self._pending_train_epoch is not None and self._validated:
+            self._check_metrics(trainer)
         self._pending_train_epoch = None
+
+    def _check_metrics(self, trainer: "pl.Trainer") -> None:
+        """Warn once when the module logs no ``val/rloss`` or no ``train/rloss`` (after a training epoch and a
+        validation, when both would be there)."""
+        if self._checked_metrics:
+            return
+        self._checked_metrics = True
+        missing = [name for name in ("val/rloss", "train/rloss") if name not in trainer.callback_metrics]
+        if missing:
+            rank_zero_warn(
+                f"RobustOverfitting: the module logs no {' and no '.join(missing)}, so robust overfitting cannot be "
+                f"measured ({'no held-out curve and no summary' if 'val/rloss' in missing else 'no training curve'}"
+                f"). Log val/rloss (the robust loss on the held-out split) in validation_step and train/rloss (the "
+                f"robust loss on the training adversarial examples, on_epoch=True) in training_step, as "
+                f"lit_robust's AdversarialModule does.")
 
     @override
     def on_train_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -66,7 +89,10 @@ class RobustOverfitting(Callback):
 
     @override
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit" or "val/rloss" not in trainer.callback_metrics:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self._validated = True
+        if "val/rloss" not in trainer.callback_metrics:
             return
         self.val_rloss[trainer.current_epoch] = float(trainer.callback_metrics["val/rloss"])
 

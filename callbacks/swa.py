@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import update_bn
 from typing_extensions import override
 
+from lit_robust.batches import DEFAULT_BATCH_KEYS, inputs_and_targets
 from lit_robust.errors import check
 
 from .weight_averaging import AveragedWeightsInValidation
@@ -121,8 +122,10 @@ class StochasticWeightAveraging(AveragedWeightsInValidation):
         if not norms:
             return
         device = next(module.parameters()).device
+        keys = getattr(module, "batch_keys", DEFAULT_BATCH_KEYS)
+        inputs = (inputs_and_targets(batch, keys)[0] for batch in trainer.train_dataloader)  # the batch contract
         with torch.no_grad():
-            update_bn(trainer.train_dataloader, module, device=device)
+            update_bn(inputs, module, device=device)
         for norm in norms:
             for name in ("running_mean", "running_var"):
                 buffer = getattr(norm, name)

@@ -6,7 +6,8 @@ mode the attack was told (eval by default, as in the paper's code), the perturba
 optimised with input gradients only (``torch.autograd.grad`` with respect to the perturbation,
 so the weights' ``.grad`` is never touched), and every submodule's train/eval mode is restored
 afterwards. Images are in [0, 1] and every iterate is projected onto the epsilon-ball and onto
-[0, 1].
+[0, 1]; an attack refuses inputs outside [0, 1] (normalisation belongs inside the model), which
+it would otherwise clip silently.
 
 With ``keep_best`` (the default) PGD keeps, per example, the iterate with the highest loss, over
 the iterations of one run and over the restarts: the paper's "worst-case adversarial example per
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_robust.errors import check, check_choice
+from lit_robust.input_contract import check_input_range
 
 Norm = Literal["linf", "l2"]
 BNMode = Literal["eval", "train"]
@@ -208,8 +210,12 @@ class PGD:
             y: labels (the attack's targets for ``"ce"``).
             score: also return the loss and logits of the returned examples (one more forward
                 pass when they are not known already).
+
+        Raises:
+            ConfigurationError: when ``x`` is not in [0, 1] (the input contract, :mod:`lit_robust.input_contract`).
         """
         require_input_gradients()
+        check_input_range(x)
         x = x.detach()
         with restore_modes(model, self.bn_mode == "train"), torch.enable_grad():
             clean_logits = None

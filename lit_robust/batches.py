@@ -2,11 +2,12 @@
 
 A batch is a tuple or list whose first two elements are the inputs ``x`` and the labels ``y`` (further elements,
 such as example indices, are ignored), or a mapping from which ``x`` and ``y`` are read under two keys
-(``("image", "label")`` unless told otherwise). The inputs are what the loader yields, after its own
-``collate_fn``: every attack, measure and callback sees the same tensors the training step sees.
+(``("image", "label")`` unless told otherwise: a module's ``batch_keys``). ``x`` is a tensor, or a list of
+tensors for several augmented views of every image (``([X_1, X_2], Y)``). The inputs are what the loader
+yields, after its own ``collate_fn``: every attack, measure and callback sees the same tensors the training step sees.
 """
 
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, Subset
@@ -16,23 +17,39 @@ from lit_robust.errors import check
 DEFAULT_BATCH_KEYS: Tuple[str, str] = ("image", "label")
 
 
-def inputs_and_targets(batch: Any, keys: Sequence[str] = DEFAULT_BATCH_KEYS) -> Tuple[Tensor, Tensor]:
+Inputs = Union[Tensor, Sequence[Tensor]]
+"""The inputs of a batch: a tensor, or a list of tensors (several augmented views of every image)."""
+
+
+def _is_inputs(value: Any) -> bool:
+    return isinstance(value, Tensor) or (isinstance(value, (list, tuple)) and len(value) > 0
+                                         and all(isinstance(v, Tensor) for v in value))
+
+
+def inputs_and_targets(batch: Any, keys: Sequence[str] = DEFAULT_BATCH_KEYS,
+                       labelled: bool = True) -> Tuple[Inputs, Optional[Tensor]]:
     """``(x, y)`` of ``batch``: its first two elements, or the values under ``keys`` for a mapping.
 
     Args:
         batch: what a loader yields.
         keys: the names of the inputs and the labels in a mapping batch.
+        labelled: whether the batch must have labels; otherwise a batch of inputs alone (a tensor, a
+            one-element tuple or a mapping without the label key) gives ``(x, None)``.
 
     Raises:
         ConfigurationError: naming the batch contract when ``batch`` follows neither form.
     """
     if isinstance(batch, Mapping):
-        missing = [key for key in keys if key not in batch]
+        missing = [key for key in keys[:2 if labelled else 1] if key not in batch]
         check(not missing, "batch_keys", tuple(keys),
               f"the keys of the inputs and labels in the loader's dict batches (keys present: {sorted(batch)})")
-        return batch[keys[0]], batch[keys[1]]
-    check(isinstance(batch, (tuple, list)) and len(batch) >= 2 and all(isinstance(t, Tensor) for t in batch[:2]),
-          "batch", type(batch).__name__,
+        return batch[keys[0]], batch.get(keys[1])
+    if not labelled and isinstance(batch, Tensor):
+        return batch, None
+    if not labelled and isinstance(batch, (tuple, list)) and len(batch) == 1 and _is_inputs(batch[0]):
+        return batch[0], None
+    check(isinstance(batch, (tuple, list)) and len(batch) >= 2 and _is_inputs(batch[0])
+          and isinstance(batch[1], Tensor), "batch", type(batch).__name__,
           "a tuple or list whose first two elements are the input and label tensors, or a dict with batch_keys")
     return batch[0], batch[1]
 

@@ -7,7 +7,7 @@ worst-case PGD example; AutoAttack stops once an example is broken, so it gives 
 
 import logging
 import time
-from typing import Dict, Iterable, Literal, Optional
+from typing import Dict, Iterable, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lit_robust.attacks import PGD, restore_modes
+from lit_robust.batches import DEFAULT_BATCH_KEYS, inputs_and_targets
+from lit_robust.input_contract import check_input_range
 from lit_robust.sanity import check_gradient_masking
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,11 @@ def clean_and_robust(model: nn.Module, x: Tensor, y: Tensor, attack: PGD) -> Dic
     """Per-example ``err``, ``loss`` (clean) and ``rerr``, ``rloss`` (under ``attack``) on one batch.
 
     The model is evaluated in whatever mode it is in; the attack uses its own BN mode.
+
+    Raises:
+        ConfigurationError: when ``x`` is not in [0, 1] (the input contract).
     """
+    check_input_range(x)
     with torch.no_grad():
         logits = model(x)
     adversarial = attack.run(model, x, y)
@@ -53,6 +59,7 @@ def autoattack_wrong(model: nn.Module, x: Tensor, y: Tensor, epsilon: float, nor
     """
     from pyautoattack import AutoAttack
 
+    check_input_range(x)
     attack = AutoAttack(model, eps=epsilon, norm={"linf": "Linf", "l2": "L2"}[norm], version=version,
                         device=x.device, seed=seed)
     size = batch_size or len(x)
@@ -77,15 +84,24 @@ def shard(dataset: Dataset, rank: int, world_size: int) -> Dataset:
 
 
 def evaluate(model: nn.Module, batches: Iterable, attack: PGD, device: torch.device,
-             sanity_checks: bool = False) -> Dict[str, Tensor]:
+             sanity_checks: bool = False, keys: Sequence[str] = DEFAULT_BATCH_KEYS) -> Dict[str, Tensor]:
     """Sums of the per-example values of :func:`clean_and_robust` over ``batches``, and ``count``.
 
     Sums (not means) so that shares of several processes can be added before dividing. With
     ``sanity_checks`` the first batch also goes through
     :func:`~lit_robust.sanity.check_gradient_masking` (warnings on gradient masking).
+
+    Args:
+        model: the network, taking [0, 1] images and returning logits.
+        batches: batches as a loader yields them (the batch contract of :mod:`lit_robust.batches`).
+        attack: the attack.
+        device: where to evaluate.
+        sanity_checks: run the gradient-masking checks on the first batch.
+        keys: the keys of the inputs and labels in dict batches.
     """
     totals: Dict[str, Tensor] = {}
-    for index, (x, y) in enumerate(batches):
+    for index, batch in enumerate(batches):
+        x, y = inputs_and_targets(batch, keys)
         x, y = x.to(device), y.to(device)
         if sanity_checks and index == 0:
             check_gradient_masking(model, x, y)

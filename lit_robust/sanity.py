@@ -10,7 +10,7 @@ on rank zero) with a sentence on what to do:
 - the outputs are random in evaluation mode (a randomised defence, or dropout left on).
 """
 
-from typing import List, Sequence, Union
+from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -18,17 +18,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lit_robust.attacks import restore_modes
-from lit_robust.errors import check
-
-
-def check_input_range(x: Union[Tensor, Sequence[Tensor]]) -> None:
-    """Raise :class:`~lit_robust.errors.ConfigurationError` unless the images ``x`` lie in [0, 1]: the attacks
-    clamp to [0, 1], so normalised inputs would be silently clipped and epsilon would not be in pixel units."""
-    views = list(x) if isinstance(x, (list, tuple)) else [x]  # several augmented views of a batch
-    low, high = min(float(v.min()) for v in views), max(float(v.max()) for v in views)
-    check(low >= 0 and high <= 1, "inputs", f"[{low:.4g}, {high:.4g}]",
-          "images in [0, 1]: models take [0, 1] images and normalise them inside the model "
-          "(lit_robust.models.Normalize as its first layer), not in the data transforms")
+from lit_robust.input_contract import check_input_range  # noqa: F401  (one import path for the checks)
 
 
 def looks_like_probabilities(logits: Tensor, tolerance: float = 1e-3) -> bool:

@@ -1,13 +1,16 @@
-"""The contracts a run relies on, checked before they can silently change a number: images in [0, 1],
-threat-model settings in range (the module's and every callback's), attacks outside inference mode."""
+"""The contracts a run relies on, checked before they can silently change a number: images in [0, 1] (in a run,
+and in every attack and evaluation called directly), threat-model settings in range (the module's and every
+callback's), attacks outside inference mode."""
 
 import pytest
 import torch
 from pytorch_lightning import LightningDataModule, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
+from lit_robust.attacks import FGSM, PGD, FriendlyPGD
 from lit_robust.callbacks import RobustEarlyStopping
 from lit_robust.errors import ConfigurationError
+from lit_robust.evaluation import autoattack_wrong, clean_and_robust, evaluate
 from lit_robust.models import SmallCNN
 from lit_robust.modules import PGDAT
 
@@ -124,3 +127,30 @@ def test_flatness_monitor_skips_what_a_data_module_without_test_split_cannot_giv
         trainer(limit_train_batches=1, limit_val_batches=1, callbacks=[monitor]).fit(
             PGDAT(SmallCNN(width=4), **SMALL), datamodule=NoTestSplit())
     assert monitor.results == {}
+
+
+NORMALISED = (torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)) - 0.5) * 4  # in [-2, 2]
+LABELS = torch.tensor([0, 1, 2, 3])
+CONTRACT = r"^inputs=.* is not allowed: inputs must be floating-point images in \[0, 1\]: models take \[0, 1\] images"
+
+
+@pytest.mark.parametrize("attack", [PGD(0.031, 0.01, 2), PGD(0.5, 0.1, 2, norm="l2"), FGSM(0.031),
+                                    FriendlyPGD(0.031, 0.01, 2)], ids=repr)
+def test_attacks_refuse_inputs_outside_the_unit_interval_instead_of_clipping(attack):
+    network = SmallCNN(width=4)
+    with pytest.raises(ConfigurationError, match=CONTRACT):
+        attack(network, NORMALISED, LABELS)
+    with pytest.raises(ConfigurationError, match=CONTRACT + r".*uint8 pixels are divided by 255"):
+        attack(network, (NORMALISED.abs() * 100).to(torch.uint8), LABELS)
+    inside = NORMALISED.abs() / 2
+    assert (attack(network, inside, LABELS) - inside).abs().max() <= attack.epsilon + 1e-6
+
+
+def test_evaluation_refuses_inputs_outside_the_unit_interval():
+    network, attack = SmallCNN(width=4), PGD(0.031, 0.01, 2)
+    with pytest.raises(ConfigurationError, match=CONTRACT):
+        clean_and_robust(network, NORMALISED, LABELS, attack)
+    with pytest.raises(ConfigurationError, match=CONTRACT):
+        evaluate(network, [(NORMALISED, LABELS)], attack, torch.device("cpu"))
+    with pytest.raises(ConfigurationError, match=CONTRACT):
+        autoattack_wrong(network, NORMALISED, LABELS, 0.031)

@@ -58,7 +58,7 @@ class AMP(BaseLossModule):
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
-        x, y = batch
+        x, y = self.inputs_and_targets(batch)
         h = self.hparams
         names, theta = trainable_parameters(self.model)
         delta = [torch.zeros_like(p) for p in theta]

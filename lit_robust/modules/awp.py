@@ -69,7 +69,7 @@ class AWP(BaseLossModule):
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
-        x, y = batch
+        x, y = self.inputs_and_targets(batch)
         h = self.hparams
         # inner maximisation over the input, at w
         x_adv = self.train_attack(self.model, x, y)

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import os
 import random
-from typing import Any, Dict, Literal, Mapping, Optional
+from typing import Any, Dict, Literal, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -41,8 +41,9 @@ from lit_robust.attacks import (
     check_threat_model,
     require_input_gradients,
 )
+from lit_robust.batches import DEFAULT_BATCH_KEYS, FirstExamples, inputs_and_targets
 from lit_robust.errors import check, check_choice
-from lit_robust.evaluation import AutoAttackVersion, autoattack_wrong, clean_and_robust, evaluate, loader, shard
+from lit_robust.evaluation import AutoAttackVersion, autoattack_wrong, clean_and_robust, evaluate
 from lit_robust.models.normalize import Normalize
 from lit_robust.sanity import check_gradient_masking, check_input_range
 from lit_robust.weights import select_parameters
@@ -114,6 +115,9 @@ class AdversarialModule(LightningModule):
         compile: compile the network with ``torch.compile`` in :meth:`configure_model` (in place, so
             parameter names and checkpoints are unchanged); the attacks take their input gradients
             through the compiled network.
+        batch_keys: the keys of the inputs and the labels in dict batches (the batch contract of
+            :mod:`lit_robust.batches`: a tuple or list batch gives its first two elements, ``(x, y, index)``
+            included); the callbacks read them from the module.
     """
 
     def __init__(self, model: nn.Module, optimizer: OptimizerCallable = paper_sgd,
@@ -124,7 +128,8 @@ class AdversarialModule(LightningModule):
                  val_steps: int = 7, val_restarts: int = 5, test_steps: int = 20, test_restarts: int = 10,
                  test_on_train: bool = True, autoattack: bool = False,
                  autoattack_version: AutoAttackVersion = "standard", train_epsilon: Optional[float] = None,
-                 l1_penalty: float = 0.0, predict_adversarial: bool = False, compile: bool = False) -> None:
+                 l1_penalty: float = 0.0, predict_adversarial: bool = False, compile: bool = False,
+                 batch_keys: Tuple[str, str] = DEFAULT_BATCH_KEYS) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
         check(isinstance(model, nn.Module), "model", type(model).__name__, "an nn.Module")
@@ -144,6 +149,10 @@ class AdversarialModule(LightningModule):
         for name, value in (("train_steps", train_steps), ("val_steps", val_steps), ("val_restarts", val_restarts),
                             ("test_steps", test_steps), ("test_restarts", test_restarts)):
             check(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
+        check(len(batch_keys) == 2 and all(isinstance(key, str) for key in batch_keys)
+              and batch_keys[0] != batch_keys[1], "batch_keys", batch_keys,
+              "two different keys, of the inputs and of the labels in dict batches (e.g. [image, label])")
+        self.batch_keys: Tuple[str, str] = (batch_keys[0], batch_keys[1])
         self.model = model
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -249,16 +258,21 @@ class AdversarialModule(LightningModule):
                 penalty = scale * weight.sign()
                 weight.grad = penalty if weight.grad is None else weight.grad.add_(penalty)
 
+    def inputs_and_targets(self, batch: Any, labelled: bool = True) -> Tuple[Any, Optional[Tensor]]:
+        """``(x, y)`` of ``batch`` by the batch contract (:func:`lit_robust.batches.inputs_and_targets`, with
+        :attr:`batch_keys`): every step of every variant reads its batch here."""
+        return inputs_and_targets(batch, self.batch_keys, labelled)
+
     @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, y = batch
+        x, y = self.inputs_and_targets(batch)
         for name, values in clean_and_robust(self.model, x, y, self.val_attack).items():
             self.val_metrics[name].update(values)
             self.log(f"val/{name}", self.val_metrics[name], on_epoch=True, prog_bar=name == "rerr")
 
     @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        x, y = batch
+        x, y = self.inputs_and_targets(batch)
         values = clean_and_robust(self.model, x, y, self.test_attack)
         for name, key in (("err", "err"), ("loss", "loss"), ("rerr", "rerr_pgd"), ("rloss", "rloss_pgd")):
             self.test_metrics[key].update(values[name])
@@ -273,13 +287,13 @@ class AdversarialModule(LightningModule):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Tensor]:
         """The predicted labels of a batch (``labels``), and with ``predict_adversarial`` those on the test
         attack's adversarial examples (``adversarial_labels``)."""
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        x, y = self.inputs_and_targets(batch, labelled=False)
         with torch.no_grad():
             predictions = {"labels": self.model(x).argmax(dim=1)}
         if self.hparams.predict_adversarial:
-            check(isinstance(batch, (list, tuple)) and len(batch) > 1, "predict_adversarial", True,
+            check(y is not None, "predict_adversarial", True,
                   "false for unlabelled batches (the attack needs labels)")
-            x_adv = self.test_attack(self.model, x, batch[1])
+            x_adv = self.test_attack(self.model, x, y)
             with torch.no_grad():
                 predictions["adversarial_labels"] = self.model(x_adv).argmax(dim=1)
         return predictions
@@ -314,33 +328,37 @@ class AdversarialModule(LightningModule):
     @override
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if batch_idx == 0:
-            views = batch[0] if isinstance(batch[0], (list, tuple)) else [batch[0]]  # one or several views
+            x, _ = self.inputs_and_targets(batch)
+            views = list(x) if isinstance(x, (list, tuple)) else [x]  # one or several views
             self.check_network_fits_data(views[0])
-            for x in views:
-                check_input_range(x)
+            check_input_range(views)
 
     @override
     def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0:
-            self.check_network_fits_data(batch[0])
-            check_input_range(batch[0])
+            x, _ = self.inputs_and_targets(batch)
+            self.check_network_fits_data(x)
+            check_input_range(x)
 
     @override
     def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0:
-            self.check_network_fits_data(batch[0])
-            x, y = batch[0], batch[1]
+            x, y = self.inputs_and_targets(batch)
+            self.check_network_fits_data(x)
             check_input_range(x)
             require_input_gradients()
             check_gradient_masking(self.model, x, y)
 
     @override
     def on_test_epoch_end(self) -> None:
+        """With ``test_on_train``, the test protocol on the data module's ``train_eval_dataloader``: every example
+        as that loader yields it (its ``collate_fn``, workers and batch size), this process's share under DDP."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if not self.hparams.test_on_train or datamodule is None or not hasattr(datamodule, "train_eval_dataloader"):
             return
-        dataset = shard(datamodule.train_eval_dataloader().dataset, self.global_rank, self.trainer.world_size)
-        totals = evaluate(self.model, loader(dataset, datamodule.eval_batch_size), self.test_attack, self.device)
+        batches = FirstExamples(datamodule.train_eval_dataloader(), rank=self.global_rank,
+                                world_size=self.trainer.world_size, keys=self.batch_keys)
+        totals = evaluate(self.model, batches, self.test_attack, self.device)
         totals = {name: self.trainer.strategy.reduce(value, reduce_op="sum") for name, value in totals.items()}
         count = totals.pop("count")
         names = {"err": "err_train", "loss": "loss_train", "rerr": "rerr_pgd_train", "rloss": "rloss_pgd_train"}

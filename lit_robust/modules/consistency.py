@@ -70,7 +70,7 @@ class Consistency(AdversarialModule):
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
-        views, y = batch
+        views, y = self.inputs_and_targets(batch)
         if not (isinstance(views, (list, tuple)) and len(views) == self.train_views):
             raise ConfigurationError(
                 f"the training batches give one view of each image, not {self.train_views}: "

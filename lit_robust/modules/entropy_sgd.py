@@ -85,7 +85,7 @@ class EntropySGD(AdversarialModule):
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
-        x, y = batch
+        x, y = self.inputs_and_targets(batch)
         weights = self.weights()
         if self.langevin_count == 0:
             self.langevin = [w.detach().clone() for w in weights]

@@ -38,7 +38,7 @@ class FriendlyAT(AdversarialModule):
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
-        x, y = batch
+        x, y = self.inputs_and_targets(batch)
         # inner maximisation, stopped tau iterations after each example's label flips
         x_adv = self.train_attack(self.model, x, y)
         # outer minimisation: cross-entropy on the friendly adversarial examples

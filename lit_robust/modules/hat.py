@@ -145,7 +145,7 @@ class HAT(AdversarialModule):
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
-        x, y = batch
+        x, y = self.inputs_and_targets(batch)
         h = self.hparams
         # inner maximisation: TRADES' adversarial example, the helper example and its label
         x_adv = self.train_attack(self.model, x, y)

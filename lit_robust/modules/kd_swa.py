@@ -111,7 +111,7 @@ class KDSWA(AdversarialModule):
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
-        x, y = batch
+        x, y = self.inputs_and_targets(batch)
         h = self.hparams
         # inner maximisation: PGD-AT's, on the student
         x_adv = self.train_attack(self.model, x, y)

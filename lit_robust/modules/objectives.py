@@ -119,7 +119,7 @@ class ObjectiveModule(AdversarialModule):
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         """The inner maximisation (the training attack of :attr:`objective`), then its outer loss."""
-        x, y = batch
+        x, y = self.inputs_and_targets(batch)
         # inner maximisation: max_delta of the objective's attack loss (CE, or KL(f(x) || f(x + delta)))
         x_adv = self.train_attack(self.model, x, y)
         # outer minimisation: the objective's loss on the clean and adversarial examples

@@ -46,7 +46,7 @@ class PGDAT(AdversarialModule):
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
-        x, y = batch
+        x, y = self.inputs_and_targets(batch)
         h = self.hparams
         target = y
         if h.mixup_alpha > 0:

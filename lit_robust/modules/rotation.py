@@ -86,7 +86,7 @@ class RotationSelfSupervised(AdversarialModule):
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
-        x, y = batch
+        x, y = self.inputs_and_targets(batch)
         half = (len(x) + 1) // 2
         x_rot, y_rot = random_rotations(x[half:])
         rotation_net = RotationPredictor(self.model, self.rotation_head)

@@ -29,7 +29,7 @@ class StandardTraining(AdversarialModule):
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
         """The clean cross-entropy (``loss``) with the clean ``logits`` and labels ``y`` for :meth:`log_training`."""
-        x, y = batch
+        x, y = self.inputs_and_targets(batch)
         logits = self.model(x)
         return {"loss": F.cross_entropy(logits, y), "logits": logits, "y": y}
 

@@ -2,7 +2,7 @@
 training")."""
 
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -131,10 +131,12 @@ class TemporalEnsembling(AdversarialModule):
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Dict[str, Tensor]:
-        if len(batch) != 3:
-            raise RuntimeError("TemporalEnsembling needs batches (x, y, index): train it with a data module of this "
-                               "library, whose train_set its setup wraps in IndexedDataset.")
-        x, y, index = batch
+        x, y = self.inputs_and_targets(batch)
+        index = batch.get("index") if isinstance(batch, Mapping) else (batch[2] if len(batch) == 3 else None)
+        if index is None:
+            raise RuntimeError("TemporalEnsembling needs batches (x, y, index) (or dict batches with an 'index'): "
+                               "train it with a data module of this library, whose train_set its setup wraps in "
+                               "IndexedDataset.")
         weight = self.ensemble_weight(self.current_epoch)
         ensemble_targets = self.update_ensemble(x, index) if weight > 0 else None
         # inner maximisation: PGD on CE + w * ensemble term
