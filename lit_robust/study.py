@@ -377,9 +377,11 @@ def _follow(progress: Progress, pending: Dict, out: str, poll: float) -> Progres
 
 
 def run_study(path: str, out: str, only: Optional[Sequence[str]] = None, extra: Sequence[str] = (),
-              launcher: Optional[Launcher] = None, report_only: bool = False, wait: bool = True) -> Dict:
+              launcher: Optional[Launcher] = None, report_only: bool = False, wait: bool = True,
+              axes: Optional[Sequence[str]] = None) -> Dict:
     """Run every (or the ``only`` named) run of the study file at ``path`` that has not finished, then
-    write the report of the finished ones. Returns the report's summary plus ``failed`` (run names)."""
+    write the report of the finished ones (``axes``: those of the granulated Kendall coefficient, see
+    :func:`lit_robust.report.make_report`). Returns the report's summary plus ``failed`` (run names)."""
     launcher = launcher or Launcher()
     launcher.check()
     study = load_study(path)
@@ -421,7 +423,7 @@ def run_study(path: str, out: str, only: Optional[Sequence[str]] = None, extra: 
         log.info(f"the report leaves out {len(missing)} runs without metrics.json: {', '.join(missing)}")
     if not done:
         raise RuntimeError("no run has finished yet: nothing to report")
-    summary = make_report([run_directory(out, run.name) for run in done], os.path.join(out, "report"))
+    summary = make_report([run_directory(out, run.name) for run in done], os.path.join(out, "report"), axes)
     summary["failed"] = failed
     return summary
 
@@ -444,6 +446,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--array-parallelism", type=int, default=32, help="slurm: array tasks running at once")
     parser.add_argument("--no-wait", action="store_true", help="slurm: submit and return (report later)")
     parser.add_argument("--report-only", action="store_true", help="only write the report of the finished runs")
+    parser.add_argument("--axes", nargs="+", default=None, metavar="NAME",
+                        help="report: hyper-parameters of the granulated Kendall coefficient (default: those that "
+                             "vary across the runs)")
     parser.epilog = "Arguments after -- are added to every `lit-robust fit` command."
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -453,7 +458,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     launcher = Launcher(args.launcher, args.jobs, args.partition, args.time, args.gpus_per_run,
                         args.array_parallelism, args.cpus_per_run)
     try:
-        summary = run_study(args.study, args.out, only, extra, launcher, args.report_only, wait=not args.no_wait)
+        summary = run_study(args.study, args.out, only, extra, launcher, args.report_only, wait=not args.no_wait,
+                            axes=args.axes)
     except (ValueError, RuntimeError) as error:
         parser.exit(2, f"error: {error}\n")
     if "table_md" in summary:
