@@ -382,10 +382,15 @@ def _cell(estimate: Estimate) -> str:
     return f"{estimate.value:.3f}{interval}"
 
 
+def targets_of(statistics: Sequence[MeasureStatistics]) -> List[str]:
+    """The targets the measures were correlated with, in their order."""
+    return list(dict.fromkeys(target for s in statistics for target, _ in s.correlations))
+
+
 def measure_rows(statistics: Sequence[MeasureStatistics], axes: Sequence[str]) -> List[List[str]]:
     """Header and one row per measure (the CSV): per target, each correlation and its interval, the
     granulated Kendall coefficient per axis and Psi."""
-    targets = list(dict.fromkeys(target for s in statistics for target, _ in s.correlations))
+    targets = targets_of(statistics)
     header = ["Measure", "Models"]
     for target in targets:
         header += [f"{kind} {target}{part}" for kind in KINDS for part in ("", " low", " high")]
@@ -407,7 +412,7 @@ def measure_rows(statistics: Sequence[MeasureStatistics], axes: Sequence[str]) -
 def measures_markdown(statistics: Sequence[MeasureStatistics], axes: Sequence[str], models: int,
                       resamples: int, confidence: float, seed: int) -> str:
     """``measures.md``: one table per target, each correlation with its interval, then psi per axis and Psi."""
-    targets = list(dict.fromkeys(target for s in statistics for target, _ in s.correlations))
+    targets = targets_of(statistics)
     lines = [f"Correlation of each measure with robust generalisation over {models} models: Pearson, Spearman "
              f"and Kendall's tau-b (scipy.stats), each with its {confidence:.0%} percentile-bootstrap interval "
              f"over models ({resamples} resamples, seed {seed}); the granulated Kendall coefficient psi per "
@@ -427,7 +432,7 @@ def figure_measure_ranking(statistics: Sequence[MeasureStatistics], kind: str = 
     horizontal error bars (one panel per target; measures without a value left out)."""
     import matplotlib.pyplot as plt
 
-    targets = list(dict.fromkeys(target for s in statistics for target, _ in s.correlations))
+    targets = targets_of(statistics)
     height = 1.5 + 0.28 * max(1, len(statistics))
     fig, axes = plt.subplots(1, max(1, len(targets)), figsize=(4.5 * max(1, len(targets)), height), squeeze=False)
     for ax, target in zip(axes[0], targets):
