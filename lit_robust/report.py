@@ -1,6 +1,6 @@
 """Many runs -> the paper's table and plots: robust generalisation against flatness of the robust loss.
 
-    python -m lit_robust.report RUN_DIRS... --out DIR
+    python -m lit_robust.report RUN_DIRS... --out DIR [--axes lr weight_decay] [--resamples 1000] [--seed 0]
 
 Each run directory is a TensorBoard log directory written by ``train.py`` (``metrics.json`` from
 its test, event files with the per-epoch scalars, ``config.yaml``). The report writes
@@ -14,8 +14,11 @@ its test, event files with the per-epoch scalars, ``config.yaml``). The report w
   coloured from early to late (Stutz et al. 2021, Fig. 5);
 - ``gap_vs_flatness.png``: the robust generalisation gap (test - train RLoss) against flatness;
 - ``measures.md`` / ``measures.csv``: for every ``flatness/*`` measure present in the runs, its
-  Pearson and Kendall rank correlation over the runs with test RLoss, the RLoss gap (test - train
-  RLoss), test RErr and the RErr gap (test - train RErr);
+  Pearson, Spearman and Kendall correlation over the runs with test RLoss, the RLoss gap (test - train
+  RLoss), test RErr and the RErr gap (test - train RErr), each with a bootstrap confidence interval over
+  the runs, and the granulated Kendall coefficient per hyper-parameter axis and its mean Psi (Jiang et
+  al. 2020, Sec. 4; see :mod:`lit_robust.statistics`), the hyper-parameters read from each run's
+  ``config.yaml``; ``measures_ranking.png``: the measures ranked by Kendall's tau with their intervals;
 - ``table_by_method.md`` / ``table_by_method.csv``: the same columns per method, as mean and
   standard deviation over its seeds (runs named ``<method>_seed<S>``, as the study names them);
 
@@ -31,9 +34,22 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from lit_robust.errors import ConfigurationError
+from lit_robust.statistics import (
+    KINDS,
+    Estimate,
+    MeasuredModel,
+    MeasureStatistics,
+    check_bootstrap,
+    correlation,
+    measure_statistics,
+    resolve_axes,
+    varying_hyperparameters,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +132,6 @@ def load_run(path: str) -> RunResults:
     return RunResults(name=run_label(path), path=path, metrics=metrics, curves=read_scalars(path))
 
 
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson correlation of the finite pairs; NaN with fewer than 3 pairs or no spread."""
-    pairs = np.array([(a, b) for a, b in zip(x, y) if math.isfinite(a) and math.isfinite(b)], dtype=float)
-    if len(pairs) < 3 or pairs[:, 0].std() == 0 or pairs[:, 1].std() == 0:
-        return math.nan
-    return float(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1])
-
-
 def _format(value: float, key: str = "") -> str:
     if math.isnan(value):
         return ""
@@ -137,13 +145,16 @@ def table_rows(runs: Sequence[RunResults]) -> List[List[str]]:
     return [header] + [[run.name] + [_format(run.get(key), key) for _, key in COLUMNS] for run in ordered]
 
 
+def markdown_table(rows: Sequence[Sequence[str]]) -> str:
+    """``rows`` (the first is the header) as a Markdown table."""
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows[1:]]) + "\n"
+
+
 def write_markdown(rows: Sequence[Sequence[str]], path: str) -> None:
     """``rows`` (the first is the header) as a Markdown table in ``path``."""
     with open(path, "w") as f:
-        f.write("| " + " | ".join(rows[0]) + " |\n")
-        f.write("|" + "---|" * len(rows[0]) + "\n")
-        for row in rows[1:]:
-            f.write("| " + " | ".join(row) + " |\n")
+        f.write(markdown_table(rows))
 
 
 def write_table(rows: Sequence[Sequence[str]], out: str, name: str) -> Tuple[str, str]:
@@ -229,7 +240,7 @@ def _scatter(ax, runs: Sequence[RunResults], x_key: str, y_of, xlabel: str, ylab
         if math.isfinite(x) and math.isfinite(y):
             ax.scatter(x, y, s=30)
             ax.annotate(run.name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    r = pearson(xs, ys)
+    r = correlation(xs, ys, "Pearson")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(f"Pearson r = {r:.2f}" if math.isfinite(r) else "Pearson r: too few runs")
@@ -311,73 +322,211 @@ TARGETS = [
 ]
 
 
-def kendall(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's rank correlation tau-b of the finite pairs; NaN with fewer than 3 pairs or no spread."""
-    pairs = [(a, b) for a, b in zip(x, y) if math.isfinite(a) and math.isfinite(b)]
-    if len(pairs) < 3:
-        return math.nan
-    concordant = discordant = ties_x = ties_y = 0
-    for i in range(len(pairs)):
-        for j in range(i + 1, len(pairs)):
-            dx, dy = pairs[i][0] - pairs[j][0], pairs[i][1] - pairs[j][1]
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                ties_x += 1
-            elif dy == 0:
-                ties_y += 1
-            elif dx * dy > 0:
-                concordant += 1
-            else:
-                discordant += 1
-    denominator = math.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
-    return (concordant - discordant) / denominator if denominator > 0 else math.nan
-
-
 def measure_names(runs: Sequence[RunResults]) -> List[str]:
     """Every ``flatness/*`` measure with a value in some run (standard deviations left out), sorted."""
     return sorted({key for run in runs for key, value in run.metrics.items()
                    if key.startswith("flatness/") and "_std" not in key and isinstance(value, (int, float))})
 
 
-def measure_rows(runs: Sequence[RunResults]) -> List[List[str]]:
-    """Header and one row per measure: its Pearson and Kendall correlation with each of :data:`TARGETS`."""
-    header = ["Measure", "Runs"] + [f"{kind} {title}" for title, _ in TARGETS for kind in ("Pearson", "Kendall")]
+# run bookkeeping, not settings of the model: left out of a run's hyper-parameters
+BOOKKEEPING = ("trainer.logger", "trainer.enable_progress_bar", "trainer.plugins", "trainer.default_root_dir",
+               "ckpt_path", "weights_only")
+
+
+def flatten_settings(config: Any, prefix: str = "") -> Dict[str, Any]:
+    """A LightningCLI config as dotted names -> values: ``class_path`` is the value of its own key and its
+    ``init_args`` come under the same key (``optimizer`` -> ``torch.optim.SGD``, ``optimizer.lr`` -> 0.05);
+    lists stay one value."""
+    if isinstance(config, dict) and "class_path" in config:
+        settings = {prefix: config["class_path"]} if prefix else {}
+        return {**settings, **flatten_settings(config.get("init_args") or {}, prefix)}
+    if isinstance(config, dict):
+        settings: Dict[str, Any] = {}
+        for key, value in config.items():
+            settings.update(flatten_settings(value, f"{prefix}.{key}" if prefix else str(key)))
+        return settings
+    return {prefix: config}
+
+
+def recorded_hyperparameters(path: str) -> Dict[str, Any]:
+    """The settings a run directory records, flattened (:func:`flatten_settings`): its ``config.yaml`` (written
+    by LightningCLI), else the module's ``hparams.yaml``; bookkeeping (:data:`BOOKKEEPING`) left out; empty
+    when neither file is there or readable."""
+    import yaml
+
+    for name in ("config.yaml", "hparams.yaml"):
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            try:
+                with open(file) as f:
+                    config = yaml.safe_load(f)
+            except yaml.YAMLError:
+                continue
+            settings = flatten_settings(config if isinstance(config, dict) else {})
+            return {key: value for key, value in settings.items() if not key.startswith("_")
+                    and not any(key == b or key.startswith(b + ".") for b in BOOKKEEPING)}
+    return {}
+
+
+def measured_models(runs: Sequence[RunResults]) -> List[MeasuredModel]:
+    """The runs as :class:`~lit_robust.statistics.MeasuredModel`: their ``flatness/*`` measures, the
+    :data:`TARGETS` and the hyper-parameters their directories record."""
+    names = measure_names(runs)
+    return [MeasuredModel(run.name, {name: run.get(name) for name in names},
+                          {title: target(run) for title, target in TARGETS}, recorded_hyperparameters(run.path))
+            for run in runs]
+
+
+def _cell(estimate: Estimate) -> str:
+    if math.isnan(estimate.value):
+        return ""
+    interval = "" if math.isnan(estimate.low) else f" [{estimate.low:.2f}, {estimate.high:.2f}]"
+    return f"{estimate.value:.3f}{interval}"
+
+
+def targets_of(statistics: Sequence[MeasureStatistics]) -> List[str]:
+    """The targets the measures were correlated with, in their order."""
+    return list(dict.fromkeys(target for s in statistics for target, _ in s.correlations))
+
+
+def measure_rows(statistics: Sequence[MeasureStatistics], axes: Sequence[str]) -> List[List[str]]:
+    """Header and one row per measure (the CSV): per target, each correlation and its interval, the
+    granulated Kendall coefficient per axis and Psi."""
+    targets = targets_of(statistics)
+    header = ["Measure", "Models"]
+    for target in targets:
+        header += [f"{kind} {target}{part}" for kind in KINDS for part in ("", " low", " high")]
+    for target in targets:
+        header += [f"Granulated Kendall {target} {axis}" for axis in axes] + [f"Psi {target}"]
     rows = [header]
-    for name in measure_names(runs):
-        values = [run.get(name) for run in runs]
-        row = [name, str(sum(math.isfinite(v) for v in values))]
-        for _, target in TARGETS:
-            ys = [target(run) for run in runs]
-            row += [_format(pearson(values, ys)), _format(kendall(values, ys))]
+    for s in statistics:
+        row = [s.measure, str(s.models)]
+        for target in targets:
+            for kind in KINDS:
+                estimate = s.correlations[(target, kind)]
+                row += [_format(estimate.value), _format(estimate.low), _format(estimate.high)]
+        for target in targets:
+            row += [_format(s.granulated[target][axis]) for axis in list(axes) + ["Psi"]]
         rows.append(row)
     return rows
 
 
-def write_measure_tables(runs: Sequence[RunResults], out: str) -> Tuple[str, str]:
-    """``measures.md`` and ``measures.csv`` in ``out``: how each measure correlates with robust generalisation."""
-    return write_table(measure_rows(runs), out, "measures")
+def measures_markdown(statistics: Sequence[MeasureStatistics], axes: Sequence[str], models: int,
+                      resamples: int, confidence: float, seed: int) -> str:
+    """``measures.md``: one table per target, each correlation with its interval, then psi per axis and Psi."""
+    targets = targets_of(statistics)
+    lines = [f"Correlation of each measure with robust generalisation over {models} models: Pearson, Spearman "
+             f"and Kendall's tau-b (scipy.stats), each with its {confidence:.0%} percentile-bootstrap interval "
+             f"over models ({resamples} resamples, seed {seed}); the granulated Kendall coefficient psi per "
+             f"hyper-parameter axis and Psi, their mean (Jiang et al. 2020, Sec. 4), over the axes: "
+             f"{', '.join(axes) or 'none'}.", ""]
+    for target in targets:
+        header = ["Measure", "Models", *KINDS, *(f"psi {axis}" for axis in axes), "Psi"]
+        rows = [header] + [[s.measure, str(s.models)] + [_cell(s.correlations[(target, kind)]) for kind in KINDS]
+                           + [_format(s.granulated[target][axis]) for axis in list(axes) + ["Psi"]]
+                           for s in statistics]
+        lines += [f"## {target}", "", markdown_table(rows)]
+    return "\n".join(lines)
 
 
-def make_report(run_dirs: Sequence[str], out: str) -> Dict[str, object]:
-    """Write the tables and figures for ``run_dirs`` into ``out``; returns paths and correlations."""
+def figure_measure_ranking(statistics: Sequence[MeasureStatistics], kind: str = "Kendall"):
+    """The measures ranked by their correlation ``kind`` with each target, with the bootstrap intervals as
+    horizontal error bars (one panel per target; measures without a value left out)."""
+    import matplotlib.pyplot as plt
+
+    targets = targets_of(statistics)
+    height = 1.5 + 0.28 * max(1, len(statistics))
+    fig, axes = plt.subplots(1, max(1, len(targets)), figsize=(4.5 * max(1, len(targets)), height), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        ranked = sorted((s for s in statistics if math.isfinite(s.correlations[(target, kind)].value)),
+                        key=lambda s: s.correlations[(target, kind)].value)
+        estimates = [s.correlations[(target, kind)] for s in ranked]
+        values = np.array([e.value for e in estimates])
+        errors = np.array([[e.value - e.low, e.high - e.value] if math.isfinite(e.low) else [0.0, 0.0]
+                           for e in estimates]).reshape(-1, 2).T
+        ax.errorbar(values, np.arange(len(ranked)), xerr=errors, fmt="o", capsize=3, markersize=4)
+        ax.set_yticks(np.arange(len(ranked)), [s.measure.removeprefix("flatness/") for s in ranked], fontsize=7)
+        ax.axvline(0.0, color="0.6", linewidth=0.8)
+        ax.set_xlim(-1.05, 1.05)
+        ax.set_xlabel(f"{kind} with {target}")
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(f"Measures ranked by {kind} correlation (bars: bootstrap intervals over models)")
+    fig.tight_layout()
+    return fig
+
+
+def write_measure_report(models: Sequence[MeasuredModel], out: str, axes: Optional[Sequence[str]] = None,
+                         resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> Dict[str, Any]:
+    """``measures.md`` and ``measures.csv`` in ``out`` for any models (a study's runs or a zoo), and the
+    ranking figure (not yet saved).
+
+    Args:
+        models: the models, each with its measures, targets and hyper-parameters.
+        out: directory of the tables.
+        axes: hyper-parameters of the granulated Kendall coefficient, as recorded or by the end of their
+            recorded name (``lr`` for ``optimizer.lr``); None: those that vary across the models.
+        resamples: bootstrap draws per interval.
+        confidence: the intervals' coverage.
+        seed: seed of the bootstrap draws.
+
+    Returns:
+        ``measures_md``, ``measures_csv``, ``axes`` (the recorded names), ``statistics`` and ``figure``.
+    """
+    check_bootstrap(resamples, confidence)
+    settings = [model.hyperparameters for model in models]
+    axes = varying_hyperparameters(settings) if axes is None else resolve_axes(axes, settings)
+    statistics = measure_statistics(models, axes, resamples, confidence, seed)
+    degenerate = sorted({f"{s.measure} ({kind}, {target})" for s in statistics
+                         for (target, kind), e in s.correlations.items() if e.degenerate})
+    if degenerate:
+        log.info(f"bootstrap draws with a constant measure or target were left out of the intervals of: "
+                 f"{', '.join(degenerate)}")
+    md_path, csv_path = os.path.join(out, "measures.md"), os.path.join(out, "measures.csv")
+    with open(csv_path, "w", newline="") as f:
+        csv.writer(f).writerows(measure_rows(statistics, axes))
+    with open(md_path, "w") as f:
+        f.write(measures_markdown(statistics, axes, len(models), resamples, confidence, seed))
+    return {"measures_md": md_path, "measures_csv": csv_path, "axes": list(axes), "statistics": statistics,
+            "figure": figure_measure_ranking(statistics)}
+
+
+def make_report(run_dirs: Sequence[str], out: str, axes: Optional[Sequence[str]] = None, resamples: int = 1000,
+                confidence: float = 0.95, seed: int = 0) -> Dict[str, object]:
+    """Write the tables and figures for ``run_dirs`` into ``out``; returns paths and correlations.
+
+    Args:
+        run_dirs: run directories (with ``metrics.json``).
+        out: directory of the report.
+        axes: hyper-parameters of the granulated Kendall coefficient (:func:`write_measure_report`); None:
+            those that vary across the runs.
+        resamples: bootstrap draws per interval of ``measures.md``.
+        confidence: the intervals' coverage.
+        seed: seed of the bootstrap draws.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from torch.utils.tensorboard import SummaryWriter
 
+    check_bootstrap(resamples, confidence)
     runs = [load_run(path) for path in run_dirs]
+    models = measured_models(runs)
+    if axes is not None:
+        axes = resolve_axes(axes, [model.hyperparameters for model in models])
     os.makedirs(out, exist_ok=True)
     md_path, csv_path = write_tables(runs, out)
-    measures_md, measures_csv = write_measure_tables(runs, out)
+    measures = write_measure_report(models, out, axes, resamples, confidence, seed)
     method_md, method_csv = write_method_tables(runs, out)
     fig1, correlations = figure_rloss_vs_flatness(runs)
     fig5 = figure_flatness_over_epochs(runs)
     gap, gap_r = figure_gap_vs_flatness(runs)
-    figures = {"fig1_rloss_vs_flatness": fig1, "fig5_flatness_over_epochs": fig5, "gap_vs_flatness": gap}
+    figures = {"fig1_rloss_vs_flatness": fig1, "fig5_flatness_over_epochs": fig5, "gap_vs_flatness": gap,
+               "measures_ranking": measures["figure"]}
     paths = {}
     writer = SummaryWriter(out)
+    with open(measures["measures_md"]) as f:
+        writer.add_text("report/measures", f.read())
     for name, fig in figures.items():
         paths[name] = os.path.join(out, name + ".png")
         fig.savefig(paths[name], dpi=120)
@@ -385,7 +534,8 @@ def make_report(run_dirs: Sequence[str], out: str) -> Dict[str, object]:
         plt.close(fig)
     writer.close()
     summary = {"runs": [run.name for run in runs], "table_md": md_path, "table_csv": csv_path, "figures": paths,
-               "measures_md": measures_md, "measures_csv": measures_csv,
+               "measures_md": measures["measures_md"], "measures_csv": measures["measures_csv"],
+               "axes": measures["axes"],
                "table_by_method_md": method_md, "table_by_method_csv": method_csv,
                "pearson": {**{f"test/rloss_pgd vs {k}": v for k, v in correlations.items()},
                            "rloss gap vs flatness/avg_rloss": gap_r}}
@@ -394,15 +544,26 @@ def make_report(run_dirs: Sequence[str], out: str) -> Dict[str, object]:
     return summary
 
 
+def add_statistics_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``measures.md``: the axes of the granulated Kendall coefficient and the bootstrap."""
+    parser.add_argument("--axes", nargs="+", default=None, metavar="NAME",
+                        help="hyper-parameters of the granulated Kendall coefficient, as recorded in the runs' "
+                             "config.yaml (optimizer.lr) or by their last part (lr); default: those that vary")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples per interval")
+    parser.add_argument("--confidence", type=float, default=0.95, help="coverage of the bootstrap intervals")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lit_robust.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", help="TensorBoard log directories of tested runs (with metrics.json)")
     parser.add_argument("--out", required=True, help="directory for the tables and figures")
+    add_statistics_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        summary = make_report(args.run_dirs, args.out)
-    except FileNotFoundError as error:
+        summary = make_report(args.run_dirs, args.out, args.axes, args.resamples, args.confidence, args.seed)
+    except (FileNotFoundError, ConfigurationError) as error:
         parser.exit(2, f"error: {error}\n")
     with open(summary["table_md"]) as f:
         log.info(f.read())

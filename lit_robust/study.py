@@ -16,7 +16,9 @@ run can name their checkpoints (``{out}/standard/version_0/checkpoints/last.ckpt
 
 Each run logs to ``OUT/<name>/version_0`` and its output to ``OUT/<name>.log``; a run whose
 ``metrics.json`` exists is skipped, and a run that was interrupted resumes from its ``last.ckpt``,
-so the study can be stopped and started again. A run that fails is reported with its log and does
+so the study can be stopped and started again. A run that the scheduler stops (a time limit or a
+preemption) is requeued by submitit and resumes from its ``last.ckpt`` by itself (:class:`ResumableRun`;
+Lightning's own SLURM requeue is off for the runs). A run that fails is reported with its log and does
 not stop the others; the exit status is 1 when any failed. The runs are handed to a submitit
 executor: ``local`` (``--jobs N`` processes at once, each with its share of the CPU threads or its
 own GPU), ``slurm`` (one job array for the whole study) or ``debug`` (in this process, one after
@@ -32,8 +34,9 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
+import submitit
 import yaml
 
 from lit_robust.report import make_report
@@ -129,6 +132,11 @@ def expand_runs(study: Dict) -> List[Run]:
     return runs
 
 
+def last_checkpoint(out: str, name: str) -> str:
+    """The checkpoint run ``name`` writes at the end of each epoch, and resumes from."""
+    return os.path.join(run_directory(out, name), "checkpoints", "last.ckpt")
+
+
 def command(study: Dict, entry: Dict, run: Run, out: str, extra: Sequence[str]) -> List[str]:
     """The ``lit-robust fit`` arguments of one run (resuming from ``last.ckpt`` when there is one)."""
     common = study.get("common", {})
@@ -139,16 +147,25 @@ def command(study: Dict, entry: Dict, run: Run, out: str, extra: Sequence[str]) 
     args += list(run.argv) + list(extra)
     args += ["--trainer.logger.init_args.save_dir", out, "--trainer.logger.init_args.name", run.name,
              "--trainer.logger.init_args.version", "0", "--trainer.enable_progress_bar", "false"]
-    last = os.path.join(run_directory(out, run.name), "checkpoints", "last.ckpt")
-    if os.path.isfile(last):
-        args += ["--ckpt_path", last]
-    return args
+    return resumed(args, last_checkpoint(out, run.name))
 
 
-def execute(argv: List[str], output: str, threads: int = 0) -> int:
+def resumed(argv: Sequence[str], checkpoint: str) -> List[str]:
+    """``argv`` with ``--ckpt_path checkpoint`` in place of any ``--ckpt_path`` it has, when the file exists."""
+    args, skip = [], False
+    for arg in argv:
+        if skip or arg == "--ckpt_path" or arg.startswith("--ckpt_path="):
+            skip = arg == "--ckpt_path"
+            continue
+        args.append(arg)
+    return args + (["--ckpt_path", checkpoint] if os.path.isfile(checkpoint) else [])
+
+
+def execute(argv: List[str], output: str, threads: int = 0, requeued: Optional[Callable[[], bool]] = None) -> int:
     """One run, as a submitit job: ``lit_robust.cli.main(argv)`` with stdout and stderr appended to
     ``output`` and ``threads`` CPU threads (0: leave as is). Returns the exit status; never raises, so
-    that a failed run is a result, not an exception in the executor."""
+    that a failed run is a result, not an exception in the executor -- except the exit with which submitit
+    ends a job it has requeued (``requeued()`` true), which leaves the job without a result."""
     if threads > 0:
         for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[variable] = str(threads)
@@ -164,6 +181,9 @@ def execute(argv: List[str], output: str, threads: int = 0) -> int:
             cli_main(list(argv))
             return 0
         except SystemExit as exit_:
+            if requeued is not None and requeued():
+                stream.write("stopped by the scheduler; requeued, it resumes from its last checkpoint\n")
+                raise
             code = exit_.code
             return code if isinstance(code, int) else (0 if code is None else 1)
         except BaseException:  # noqa: B902 - any error of the run ends up in its log
@@ -171,6 +191,40 @@ def execute(argv: List[str], output: str, threads: int = 0) -> int:
 
             traceback.print_exc()
             return 1
+
+
+class ResumableRun(submitit.helpers.Checkpointable):
+    """One run as a submitit job that the scheduler may stop: on a time limit or a preemption it is requeued
+    and resumes from its ``last.ckpt``.
+
+    submitit calls :meth:`checkpoint` when the job gets its signal (on SLURM, ``USR2`` 90 seconds before the
+    time limit and on preemption; the local launcher's ``--time`` limit sends it too), requeues the job with
+    the submission it returns -- the same run with ``--ckpt_path`` its ``last.ckpt`` -- and ends the job
+    without a result, so that the study goes on waiting for it. The epoch in progress is lost; every
+    finished epoch is in ``last.ckpt`` (``ModelCheckpoint(save_last=True)``). submitit requeues a job that
+    ran out of time up to 3 times, a preempted one without limit.
+    """
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def __call__(self, argv: List[str], output: str, threads: int = 0, checkpoint: str = "") -> int:
+        """Run ``argv`` (see :func:`execute`); ``checkpoint`` is the ``last.ckpt`` the run writes."""
+        self.stopped = False
+        return execute(argv, output, threads, requeued=lambda: self.stopped)
+
+    def checkpoint(self, argv: List[str], output: str, threads: int = 0,
+                   checkpoint: str = "") -> submitit.helpers.DelayedSubmission:
+        """The submission that resumes the run from ``checkpoint`` (or starts it again, when there is none yet)."""
+        self.stopped = True
+        return submitit.helpers.DelayedSubmission(ResumableRun(), resumed(argv, checkpoint), output, threads,
+                                                  checkpoint)
+
+
+# Lightning's own SLURM requeue (on SIGUSR1: an hpc checkpoint and `scontrol requeue`) is off for the runs of a
+# SLURM study: they are requeued by submitit (ResumableRun) only
+NO_LIGHTNING_REQUEUE = ["--trainer.plugins+=pytorch_lightning.plugins.environments.SLURMEnvironment",
+                        "--trainer.plugins.auto_requeue=false"]
 
 
 @contextlib.contextmanager
@@ -220,8 +274,6 @@ class Launcher:
 
     def executor(self, folder: str):
         """The submitit executor; its own logs (pickles, job stdout) go to ``folder``."""
-        import submitit
-
         if self.kind == "debug":
             return submitit.DebugExecutor(folder)
         if self.kind == "local":
@@ -314,7 +366,8 @@ def launch(runs: Sequence[Run], out: str, launcher: Launcher, poll: float = 1.0,
     threads = launcher.threads()
     if launcher.kind == "debug":
         for run in runs:
-            job = executor.submit(execute, run.argv, log_path(out, run.name), threads)
+            job = executor.submit(ResumableRun(), run.argv, log_path(out, run.name), threads,
+                                  last_checkpoint(out, run.name))
             progress.started[run.name] = time.time()
             log.info(f"{run.name}: running")
             try:
@@ -324,8 +377,9 @@ def launch(runs: Sequence[Run], out: str, launcher: Launcher, poll: float = 1.0,
             _finish(progress, run, out, status, error)
         return progress
     if launcher.kind == "slurm":
-        jobs = executor.map_array(execute, [run.argv for run in runs], [log_path(out, run.name) for run in runs],
-                                  [threads] * len(runs))
+        jobs = executor.map_array(ResumableRun(), [run.argv + NO_LIGHTNING_REQUEUE for run in runs],
+                                  [log_path(out, run.name) for run in runs], [threads] * len(runs),
+                                  [last_checkpoint(out, run.name) for run in runs])
         log.info(f"submitted job array {jobs[0].job_id.split('_')[0]} with {len(runs)} runs "
                  f"(at most {launcher.array_parallelism} at once)")
         now = time.time()
@@ -343,7 +397,8 @@ def launch(runs: Sequence[Run], out: str, launcher: Launcher, poll: float = 1.0,
                     executor.update_parameters(gpus_per_node=launcher.gpus_per_run,
                                                visible_gpus=[(slot * launcher.gpus_per_run + k) % gpus
                                                              for k in range(launcher.gpus_per_run)])
-                job = executor.submit(execute, run.argv, log_path(out, run.name), 0 if gpus else threads)
+                job = executor.submit(ResumableRun(), run.argv, log_path(out, run.name), 0 if gpus else threads,
+                                      last_checkpoint(out, run.name))
                 pending[run.name] = (run, job, slot)
                 progress.started[run.name] = time.time()
                 log.info(f"{run.name}: running (process {job.job_id}, log {log_path(out, run.name)})")
@@ -378,9 +433,11 @@ def _follow(progress: Progress, pending: Dict, out: str, poll: float) -> Progres
 
 
 def run_study(path: str, out: str, only: Optional[Sequence[str]] = None, extra: Sequence[str] = (),
-              launcher: Optional[Launcher] = None, report_only: bool = False, wait: bool = True) -> Dict:
+              launcher: Optional[Launcher] = None, report_only: bool = False, wait: bool = True,
+              axes: Optional[Sequence[str]] = None) -> Dict:
     """Run every (or the ``only`` named) run of the study file at ``path`` that has not finished, then
-    write the report of the finished ones. Returns the report's summary plus ``failed`` (run names)."""
+    write the report of the finished ones (``axes``: those of the granulated Kendall coefficient, see
+    :func:`lit_robust.report.make_report`). Returns the report's summary plus ``failed`` (run names)."""
     launcher = launcher or Launcher()
     launcher.check()
     study = load_study(path)
@@ -422,7 +479,7 @@ def run_study(path: str, out: str, only: Optional[Sequence[str]] = None, extra: 
         log.info(f"the report leaves out {len(missing)} runs without metrics.json: {', '.join(missing)}")
     if not done:
         raise RuntimeError("no run has finished yet: nothing to report")
-    summary = make_report([run_directory(out, run.name) for run in done], os.path.join(out, "report"))
+    summary = make_report([run_directory(out, run.name) for run in done], os.path.join(out, "report"), axes)
     summary["failed"] = failed
     return summary
 
@@ -445,6 +502,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--array-parallelism", type=int, default=32, help="slurm: array tasks running at once")
     parser.add_argument("--no-wait", action="store_true", help="slurm: submit and return (report later)")
     parser.add_argument("--report-only", action="store_true", help="only write the report of the finished runs")
+    parser.add_argument("--axes", nargs="+", default=None, metavar="NAME",
+                        help="report: hyper-parameters of the granulated Kendall coefficient (default: those that "
+                             "vary across the runs)")
     parser.epilog = "Arguments after -- are added to every `lit-robust fit` command."
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -454,7 +514,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     launcher = Launcher(args.launcher, args.jobs, args.partition, args.time, args.gpus_per_run,
                         args.array_parallelism, args.cpus_per_run)
     try:
-        summary = run_study(args.study, args.out, only, extra, launcher, args.report_only, wait=not args.no_wait)
+        summary = run_study(args.study, args.out, only, extra, launcher, args.report_only, wait=not args.no_wait,
+                            axes=args.axes)
     except (ValueError, RuntimeError) as error:
         parser.exit(2, f"error: {error}\n")
     if "table_md" in summary:

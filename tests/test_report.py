@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from lit_robust.report import main, make_report, pearson
+from lit_robust.report import main, make_report
+from lit_robust.statistics import correlation as pearson
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RUNS = {  # name: (test rerr_pgd, test rloss, train rloss, avg_rloss flatness, worst_rloss, avg_loss)
@@ -56,9 +57,9 @@ def test_pearson_against_definition():
     xm, ym = np.mean(x), np.mean(y)
     r = sum((a - xm) * (b - ym) for a, b in zip(x, y)) / math.sqrt(
         sum((a - xm) ** 2 for a in x) * sum((b - ym) ** 2 for b in y))
-    assert pearson(x, y) == pytest.approx(r)
-    assert math.isnan(pearson([1, 2], [3, 4]))
-    assert pearson([1, 2, 3, float("nan")], [1, 2, 3, 7]) == pytest.approx(1.0)
+    assert pearson(x, y, "Pearson") == pytest.approx(r)
+    assert math.isnan(pearson([1, 2], [3, 4], "Pearson"))
+    assert pearson([1, 2, 3, float("nan")], [1, 2, 3, 7], "Pearson") == pytest.approx(1.0)
 
 
 def test_table_rows_and_correlations(runs, tmp_path):
@@ -105,3 +106,68 @@ def test_table_gives_the_rise_of_the_held_out_rloss_after_its_minimum(tmp_path):
     assert row[1 + titles.index("Rise (held-out RLoss end - min)")] == "0.350"
     assert row[1 + titles.index("Min epoch")] == "52"
     assert row[1 + titles.index("Held-out RLoss min")] == "0.900"
+
+
+# the runs' settings as LightningCLI writes them (config.yaml): learning rate and weight decay vary; the logger's
+# name and the checkpoint a run resumed from are bookkeeping, not hyper-parameters
+SETTINGS = {"digits_at": (0.1, 0.0), "digits_trades": (0.01, 0.0), "digits_awp": (0.1, 5e-4),
+            "digits_clip": (0.01, 5e-4)}
+CONFIG = """seed_everything: 0
+trainer:
+  logger:
+    class_path: pytorch_lightning.loggers.TensorBoardLogger
+    init_args: {{save_dir: logs, name: {name}}}
+model:
+  class_path: lit_robust.modules.PGDAT
+  init_args: {{epsilon: 0.2}}
+optimizer:
+  class_path: torch.optim.SGD
+  init_args: {{lr: {lr}, weight_decay: {wd}}}
+ckpt_path: {ckpt}
+"""
+
+
+def test_measures_with_intervals_and_granulated_kendall_over_the_recorded_settings(runs, tmp_path, capsys):
+    from scipy.stats import kendalltau, spearmanr
+
+    for path, name in zip(runs, RUNS):
+        lr, wd = SETTINGS[name]
+        ckpt = "null" if name == "digits_at" else f"{path}/checkpoints/last.ckpt"
+        (tmp_path / path / "config.yaml").write_text(CONFIG.format(name=name, lr=lr, wd=wd, ckpt=ckpt))
+    out = tmp_path / "measures"
+    summary = make_report(runs, str(out), resamples=200)
+    assert summary["axes"] == ["optimizer.lr", "optimizer.weight_decay"]  # the settings that vary
+    table = list(csv.reader(open(out / "measures.csv")))
+    rows = {row[0]: dict(zip(table[0], row)) for row in table[1:]}
+    avg = rows["flatness/avg_rloss"]
+    flatness, rloss = [v[3] for v in RUNS.values()], [v[1] for v in RUNS.values()]
+    assert float(avg["Spearman RLoss (test)"]) == pytest.approx(spearmanr(flatness, rloss).statistic, abs=1e-3)
+    assert float(avg["Kendall RLoss (test) low"]) <= float(avg["Kendall RLoss (test)"]) <= \
+        float(avg["Kendall RLoss (test) high"])
+    # along lr the runs of equal weight decay: (at, trades) and (awp, clip); along weight decay those of equal lr
+    names = list(RUNS)
+    for axis, groups in (("optimizer.lr", [("digits_at", "digits_trades"), ("digits_awp", "digits_clip")]),
+                         ("optimizer.weight_decay", [("digits_at", "digits_awp"), ("digits_trades", "digits_clip")])):
+        taus = [kendalltau([flatness[names.index(n)] for n in group], [rloss[names.index(n)] for n in group]).statistic
+                for group in groups]
+        assert float(avg[f"Granulated Kendall RLoss (test) {axis}"]) == pytest.approx(np.mean(taus), abs=1e-3)
+    md = (out / "measures.md").read_text()
+    assert "## RLoss gap" in md and "| Measure | Models | Pearson | Spearman | Kendall | psi optimizer.lr |" in md
+    assert (out / "measures_ranking.png").read_bytes()[:8] == PNG_MAGIC
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out), size_guidance={"tensors": 0, "images": 0})
+    events.Reload()
+    assert "report/measures_ranking" in events.Tags()["images"]
+    assert any(tag.startswith("report/measures") for tag in events.Tags()["tensors"])  # measures.md as text
+
+    main(runs + ["--out", str(tmp_path / "lr"), "--axes", "lr", "--resamples", "50"])
+    header = next(csv.reader(open(tmp_path / "lr" / "measures.csv")))
+    assert "Granulated Kendall RErr gap optimizer.lr" in header and "Psi RErr gap" in header
+    assert not any("weight_decay" in column for column in header)
+    with pytest.raises(SystemExit) as exit_:  # an axis the runs do not record: one line, nothing written
+        main(runs + ["--out", str(tmp_path / "bad"), "--axes", "width"])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and error.count("error:") == 1 and "optimizer.lr" in error
+    assert not (tmp_path / "bad").exists()

@@ -4,11 +4,13 @@ resumes, and the report comes out of it."""
 import glob
 import json
 import os
+import signal
 
 import pytest
 import torch
+from pytorch_lightning import Callback
 
-from lit_robust.study import Launcher, Run, command, load_study, main, run_study, waves
+from lit_robust.study import Launcher, Run, command, load_study, log_path, main, run_directory, run_study, waves
 from tests.conftest import ROOT
 
 STUDY = os.path.join(ROOT, "configs", "study", "digits.yaml")
@@ -146,6 +148,11 @@ def test_debug_launcher_seeds_failure_report_and_resume(tmp_path, caplog):
         assert rows[method][1] == "2"
         assert rows[method][1 + 7] == f"{mean:.3f} ± {std:.3f}"  # RLoss (test), the 7th column
 
+    # the granulated Kendall coefficient along the seed (the runs of one method differ only in it)
+    main([study, "--out", str(out), "--report-only", "--axes", "seed_everything"])
+    header = (out / "report" / "measures.csv").read_text().splitlines()[0]
+    assert "Granulated Kendall RLoss (test) seed_everything" in header and "Psi RLoss gap" in header
+
     # a killed study: at_seed0 was stopped after its checkpoint (no metrics.json); the others are skipped
     ckpt = out / "at_seed0" / "version_0" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
@@ -193,6 +200,15 @@ def test_slurm_launcher_writes_one_array_job(tmp_path, monkeypatch):
     assert "#SBATCH --time=90" in script
     assert "#SBATCH --gpus-per-node=1" in script
     assert "#SBATCH --array=0-5%4" in script
+    # each task is a ResumableRun (submitit requeues it from last.ckpt), with Lightning's own requeue off
+    from submitit.core.utils import DelayedSubmission
+
+    from lit_robust.study import NO_LIGHTNING_REQUEUE, ResumableRun
+
+    (pickled,) = glob.glob(str(out / ".submitit" / "**" / "*_submitted.pkl"), recursive=True)[:1]
+    delayed = DelayedSubmission.load(pickled)
+    assert isinstance(delayed.function, ResumableRun)
+    assert delayed.args[0][-2:] == NO_LIGHTNING_REQUEUE and delayed.args[3].endswith("last.ckpt")
 
 
 def test_runs_after_others_come_in_a_later_wave_and_name_their_checkpoints(tmp_path):
@@ -204,3 +220,118 @@ def test_runs_after_others_come_in_a_later_wave_and_name_their_checkpoints(tmp_p
     argv = command(study, study["runs"][0], Run("hat", "hat"), str(tmp_path), [])
     assert argv[argv.index("--model.init_args.standard_checkpoint") + 1] == \
         os.path.join(str(tmp_path), "standard", "version_0", "checkpoints", "last.ckpt")
+
+
+class SchedulerSignal(Callback):
+    """Stands for the scheduler: at the start of epoch 1 (epoch 0 is in last.ckpt) it sends the job the signal
+    submitit gets before a time limit or on preemption, once (``record`` is written then); it records how the
+    run's cluster environment is set up."""
+
+    def __init__(self, record: str) -> None:
+        self.record = record
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch != 1 or os.path.exists(self.record):
+            return
+        environment = trainer._accelerator_connector.cluster_environment
+        with open(self.record, "w") as f:
+            json.dump({"environment": type(environment).__name__,
+                       "auto_requeue": getattr(environment, "auto_requeue", None),
+                       "usr1": str(signal.getsignal(signal.SIGUSR1))}, f)
+        signal.raise_signal(signal.SIGUSR2)
+
+
+RESUMABLE_COMMON = """
+trainer:
+  max_epochs: 2
+  limit_train_batches: 2
+  limit_val_batches: 1
+  enable_progress_bar: false
+  callbacks+:
+    - class_path: pytorch_lightning.callbacks.ModelCheckpoint
+      init_args: {{save_last: true}}
+    - class_path: tests.test_study.SchedulerSignal
+      init_args: {{record: {record}}}
+model:
+  init_args: {{val_steps: 1, val_restarts: 1, test_steps: 1, test_restarts: 1, train_steps: 1, test_on_train: false}}
+data:
+  init_args: {{eval_size: 16, held_out_size: 16, train_eval_size: 16, eval_batch_size: 16}}
+"""
+
+
+def as_job(tmp_path, job_id: str, delayed) -> str:
+    """``delayed`` written as the submitted job ``job_id`` of a local submitit folder; returns the folder."""
+    from submitit.core.utils import JobPaths
+
+    folder = tmp_path / "jobs"
+    folder.mkdir(exist_ok=True)
+    delayed.dump(JobPaths(folder, job_id=job_id).submitted_pickle)
+    return str(folder)
+
+
+@pytest.mark.parametrize("timeout_min, countdown", [(24 * 60, 3), (1, 2)])  # preempted; timed out (of 3)
+def test_a_run_stopped_by_the_scheduler_is_requeued_and_resumes_from_last_ckpt(tmp_path, monkeypatch, timeout_min,
+                                                                             countdown):
+    from submitit.core.submission import process_job
+    from submitit.core.utils import DelayedSubmission, JobPaths, pickle_load
+    from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
+
+    from lit_robust.study import NO_LIGHTNING_REQUEUE, ResumableRun, expand_runs, last_checkpoint
+
+    record = tmp_path / "signalled.json"
+    common = RESUMABLE_COMMON.format(record=record)
+    path = write_study(tmp_path, f"runs:\n  - {{name: at, configs: [{AT}]}}\n", common)
+    study, out = load_study(path), str(tmp_path / "out")
+    os.makedirs(out)
+    (run,) = expand_runs(study)
+    argv = command(study, study["runs"][0], run, out, []) + NO_LIGHTNING_REQUEUE
+    # the job runs on SLURM as far as Lightning can tell (one task); submitit's job is a local one
+    for name, value in (("SLURM_NTASKS", "1"), ("SLURM_JOB_NAME", "lit_robust_study"), ("SLURM_PROCID", "0"),
+                        ("SLURM_LOCALID", "0"), ("SLURM_NODEID", "0"), ("SUBMITIT_EXECUTOR", "local"),
+                        ("SUBMITIT_LOCAL_JOB_ID", "7")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setenv("SUBMITIT_FOLDER", "")
+    ckpt, log_file = last_checkpoint(out, "at"), log_path(out, "at")
+    delayed = DelayedSubmission(ResumableRun(), argv, log_file, 1, ckpt)
+    delayed.set_timeout(timeout_min, 3)
+    folder = as_job(tmp_path, "7", delayed)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGTERM, signal.SIGCONT)}
+    try:
+        with pytest.raises(SystemExit) as exit_:  # as the job process: stopped in epoch 1, requeued
+            process_job(folder)
+        paths = JobPaths(folder, job_id="7")
+        assert exit_.value.code == LOCAL_REQUEUE_RETURN_CODE and not paths.result_pickle.exists()
+        requeued = DelayedSubmission.load(paths.submitted_pickle)
+        assert requeued.args[0][-2:] == ["--ckpt_path", ckpt] and requeued.args[0].count("--ckpt_path") == 1
+        assert requeued._timeout_countdown == countdown
+        assert torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"] == 0
+        process_job(folder)  # the requeued job: the same process_job, with the submission checkpoint() wrote
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    assert pickle_load(paths.result_pickle) == ("success", 0)
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"] == 1  # resumed: epoch 1 trained
+    metrics = json.loads(open(os.path.join(run_directory(out, "at"), "metrics.json")).read())
+    commands = open(log_file).read().split("$ lit-robust ")[1:]
+    assert len(commands) == 2 and "--ckpt_path" not in commands[0] and f"--ckpt_path {ckpt}" in commands[1]
+    assert "stopped by the scheduler; requeued" in commands[0]
+    # Lightning's own SLURM requeue is off: no SIGUSR1 handler of its own, only submitit's requeue
+    assert json.loads(record.read_text()) == {"environment": "SLURMEnvironment", "auto_requeue": False,
+                                              "usr1": str(signal.Handlers.SIG_DFL)}
+    if countdown == 2:
+        return
+    # the same run uninterrupted (the signal's record is there: no signal) ends with the same numbers
+    reference = str(tmp_path / "reference")
+    os.makedirs(reference)
+    monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "8")
+    folder = as_job(tmp_path, "8", DelayedSubmission(ResumableRun(), [a.replace(out, reference) for a in argv],
+                                                     log_path(reference, "at"), 1, last_checkpoint(reference, "at")))
+    try:
+        process_job(folder)
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    uninterrupted = json.loads(open(os.path.join(run_directory(reference, "at"), "metrics.json")).read())
+    for key in ("test/rloss_pgd", "test/rerr_pgd", "test/err"):
+        assert metrics[key] == pytest.approx(uninterrupted[key], abs=1e-6), key
