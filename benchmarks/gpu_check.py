@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from lit_robust.evaluation import autoattack_wrong  # noqa: E402
-from lit_robust.flatness import FlatnessMeasures  # noqa: E402
+from lit_robust.measures.flatness import FlatnessMeasures  # noqa: E402
 from lit_robust.models import ResNet18  # noqa: E402
 from lit_robust.modules import PGDAT  # noqa: E402
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from lit_robust.attacks import PGD, per_example_loss, restore_modes
 from lit_robust.errors import check, check_choice
-from lit_robust.flatness import joint_ascent, losses_at
+from lit_robust.measures.flatness import joint_ascent, losses_at
 from lit_robust.weights import Neighbourhood, Selection, gaussian_direction, names_and_weights, normalize_direction
 
 Direction = List[Tensor]
