@@ -17,8 +17,8 @@ from lit_robust.measures.registry import register_measure
 from lit_robust.weights import Selection
 
 
-@register_measure("avg_rloss", loss="rloss")
 @register_measure("avg_loss", loss="loss")
+@register_measure("avg_rloss", loss="rloss")
 class AverageCaseFlatness(PaperFlatness):
     """Average-case flatness in RLoss or clean Loss, ``avg_rloss`` / ``avg_loss``.
 

@@ -107,8 +107,8 @@ class HutchinsonMeasure(Measure):
                              examples=count)
 
 
-@register_measure("hessian_trace_rloss", loss="rloss")
 @register_measure("hessian_trace_loss", loss="loss")
+@register_measure("hessian_trace_rloss", loss="rloss")
 class HessianTrace(HutchinsonMeasure):
     """Tr(H) of the mean RLoss (at fixed PGD examples) or clean Loss, by Hutchinson's estimator.
 

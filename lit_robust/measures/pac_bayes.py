@@ -38,10 +38,10 @@ from lit_robust.weights import Selection, gaussian_direction, names_and_weights,
 ErrorKind = Literal["rerr", "err"]
 
 
-@register_measure("pac_bayes_rerr", error="rerr", magnitude_aware=False)
-@register_measure("pac_bayes_err", error="err", magnitude_aware=False)
-@register_measure("pac_bayes_mag_rerr", error="rerr", magnitude_aware=True)
 @register_measure("pac_bayes_mag_err", error="err", magnitude_aware=True)
+@register_measure("pac_bayes_mag_rerr", error="rerr", magnitude_aware=True)
+@register_measure("pac_bayes_err", error="err", magnitude_aware=False)
+@register_measure("pac_bayes_rerr", error="rerr", magnitude_aware=False)
 class PacBayesFlatness(Measure):
     """1/sigma'^2 of Jiang et al. (2020), sigma' the largest weight noise raising the (robust) error by ``target``.
 

@@ -39,8 +39,8 @@ def feature_layer(model: nn.Module) -> Tensor:
     return linears[-1].weight
 
 
-@register_measure("relative_rloss", loss="rloss")
 @register_measure("relative_loss", loss="loss")
+@register_measure("relative_rloss", loss="rloss")
 class RelativeFlatness(HutchinsonMeasure):
     """kappa(w) of the last linear layer (Petzka et al. 2021, Def. 3), by Hutchinson's estimator.
 

@@ -143,12 +143,12 @@ def worst_case_ascent(model: nn.Module, weights: Sequence[Tensor], scale: Sequen
     return torch.tensor(best, dtype=torch.float64)
 
 
-@register_measure("adaptive_avg_rloss", case="average", loss="rloss")
-@register_measure("adaptive_avg_loss", case="average", loss="loss")
-@register_measure("adaptive_worst_rloss_l2", case="worst", loss="rloss", p="2")
-@register_measure("adaptive_worst_rloss_linf", case="worst", loss="rloss", p="inf")
-@register_measure("adaptive_worst_loss_l2", case="worst", loss="loss", p="2")
 @register_measure("adaptive_worst_loss_linf", case="worst", loss="loss", p="inf")
+@register_measure("adaptive_worst_loss_l2", case="worst", loss="loss", p="2")
+@register_measure("adaptive_worst_rloss_linf", case="worst", loss="rloss", p="inf")
+@register_measure("adaptive_worst_rloss_l2", case="worst", loss="rloss", p="2")
+@register_measure("adaptive_avg_loss", case="average", loss="loss")
+@register_measure("adaptive_avg_rloss", case="average", loss="rloss")
 class Sharpness(Measure):
     """Average- or worst-case sharpness, adaptive (nu = |w| * u) or plain (nu = u), in RLoss or clean Loss.
 

@@ -17,8 +17,8 @@ from lit_robust.measures.registry import register_measure
 from lit_robust.weights import Selection
 
 
-@register_measure("worst_rloss", loss="rloss")
 @register_measure("worst_loss", loss="loss")
+@register_measure("worst_rloss", loss="rloss")
 class WorstCaseFlatness(PaperFlatness):
     """Worst-case flatness in RLoss or clean Loss, ``worst_rloss`` / ``worst_loss``.
 
