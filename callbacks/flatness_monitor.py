@@ -21,7 +21,7 @@ from .scheduled_measurement import ScheduledMeasurement
 
 Split = Literal["eval", "train"]
 SPLITS = ("eval", "train")
-ALL_MEASURES = registered_names()
+ALL_MEASURES = MEASURES + tuple(name for name in registered_names() if name not in MEASURES)
 """The library's measures by name: the paper's four, then those beyond it."""
 EXTRA_MEASURES = tuple(name for name in ALL_MEASURES if name not in MEASURES)
 __all__ = ["FlatnessMonitor", "FlatnessSettings", "PAPER_SETTINGS", "ALL_MEASURES", "EXTRA_MEASURES"]
