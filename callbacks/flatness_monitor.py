@@ -24,6 +24,8 @@ SPLITS = ("eval", "train")
 ALL_MEASURES = MEASURES + tuple(name for name in registered_names() if name not in MEASURES)
 """The library's measures by name: the paper's four, then those beyond it."""
 EXTRA_MEASURES = tuple(name for name in ALL_MEASURES if name not in MEASURES)
+CLEAN_ONLY = ThreatModel(1.0, 1.0, "linf")
+"""The threat model of a monitor of clean measures alone on a module without one: no attack of it ever runs."""
 __all__ = ["FlatnessMonitor", "FlatnessSettings", "PAPER_SETTINGS", "ALL_MEASURES", "EXTRA_MEASURES"]
 
 
@@ -41,9 +43,10 @@ class FlatnessMonitor(ScheduledMeasurement):
     Any measure registered by name (:func:`~lit_robust.measures.register_measure`, also one defined
     outside the library) or given as an instance of a :class:`~lit_robust.measures.Measure` (in YAML
     ``class_path`` / ``init_args``, with its own settings, which then hold for fit and test alike) is
-    logged as ``flatness/<name>`` (with ``_train`` on the train-eval split). The library's measures
-    beyond the paper's, by name; ``rloss`` / ``rerr`` in a name
-    means the robust loss / error under the module's threat model, ``loss`` / ``err`` the clean one:
+    logged as ``flatness/<name>`` (with ``_train`` on the train-eval split); an unknown name is refused
+    at construction with the registered names. The library's measures beyond the paper's, by name;
+    ``rloss`` / ``rerr`` in a name means the robust loss / error under the module's threat model,
+    ``loss`` / ``err`` the clean one:
 
     - ``adaptive_avg_rloss``, ``adaptive_avg_loss``: average-case adaptive sharpness, radius
       ``adaptive_rho``, ``adaptive_samples`` Gaussian draws per batch (:mod:`lit_robust.measures.sharpness`);
@@ -55,7 +58,9 @@ class FlatnessMonitor(ScheduledMeasurement):
     - ``pac_bayes_rerr``, ``pac_bayes_err`` (plain) and ``pac_bayes_mag_rerr``, ``pac_bayes_mag_err``
       (magnitude-aware): 1/sigma'^2 of PAC-Bayes flatness (:mod:`lit_robust.measures.pac_bayes`);
     - ``hessian_trace_rloss``, ``hessian_trace_loss``: Tr(H) by Hutchinson's estimator
-      (:mod:`lit_robust.measures.hessian_trace`), ``hutchinson_samples`` probes.
+      (:mod:`lit_robust.measures.hessian_trace`), ``hutchinson_samples`` probes;
+    - ``lambda_max_rloss``, ``lambda_max_loss``: the largest Hessian eigenvalue by power iteration
+      (:mod:`lit_robust.measures.hessian_max_eigenvalue`).
 
     RLoss at perturbed weights and adversarial examples of the Hessian measures use PGD with
     ``pgd_steps`` iterations; references use ``pgd_restarts`` restarts.
@@ -190,11 +195,12 @@ class FlatnessMonitor(ScheduledMeasurement):
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         network_of(pl_module, self.network, "FlatnessMonitor")
-        if any(m.robust for m in self._built["test"]) or getattr(pl_module, "threat_model", None) is not None:
+        if any(m.robust for m in self._built["test"]) or isinstance(getattr(pl_module, "threat_model", None),
+                                                                    ThreatModel):
             self._threat_model = threat_model_for(pl_module, self.epsilon, self.step_size, self.norm,
                                                   "FlatnessMonitor")
-        else:  # only clean measures: no attack runs
-            self._threat_model = ThreatModel(self.epsilon or 1.0, self.step_size or 1.0, self.norm or "linf")
+        else:
+            self._threat_model = CLEAN_ONLY
 
     @override
     def _measure(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:

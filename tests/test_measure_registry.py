@@ -186,3 +186,10 @@ monitor:
     monitor = parser.instantiate_classes(config).monitor
     assert monitor.measures[0] == "avg_rloss"
     assert monitor.measures[1].name == "hessian_trace_loss" and monitor.measures[1].samples == 3
+
+
+def test_clean_measures_alone_need_no_threat_model():
+    monitor = FlatnessMonitor(measures=["avg_loss", "hessian_trace_loss"], network="net", test=SETTINGS, batch_size=8,
+                              test_splits=("eval",), parallel=1)
+    measured_by(Own(), Data("float"), monitor)
+    assert set(monitor.results) == {"flatness/avg_loss", "flatness/hessian_trace_loss"}

@@ -11,7 +11,7 @@ class FlatnessSettings:
     """What a flatness measurement costs: the settings that differ between per-epoch and test measurement.
 
     Frozen, so one instance can safely be a default. The defaults are the per-epoch ones of
-    :class:`FlatnessMonitor`; :data:`PAPER_SETTINGS` holds the paper's (papers/001 Sec. D).
+    :class:`~lit_robust.callbacks.FlatnessMonitor`; :data:`PAPER_SETTINGS` holds the paper's (papers/001 Sec. D).
 
     Args:
         examples: examples per split, from the start of the split (the paper: 1000).

@@ -31,7 +31,12 @@ class WorstCaseFlatness(PaperFlatness):
         reference_pgd_steps: PGD iterations of the reference (20).
         reference_pgd_restarts: PGD restarts of the reference (10).
         parallel: restarts per ``vmap``-ed pass; 1 for the sequential path.
-        **frame: the settings of :class:`~lit_robust.measures.base.Measure` (threat model, examples, tensors).
+        epsilon: radius of the input threat model (see :class:`~lit_robust.measures.base.Measure`).
+        step_size: PGD step size.
+        norm: input threat model.
+        random_start: PGD and delta start at a random point of the input ball.
+        max_examples: at most this many examples from the start of the loader (1000).
+        which: tensors that make up B_xi(w) (see :func:`~lit_robust.weights.select_parameters`).
     """
 
     def __init__(self, *, loss: LossKind = "rloss", xi: float = 0.003, ascent_iterations: int = 20,
