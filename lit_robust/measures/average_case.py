@@ -7,13 +7,14 @@ The standard deviation is over the samples (Stutz et al. 2021, supplement Fig. D
 :mod:`lit_robust.measures.flatness` for the computation and where it follows the paper's text.
 """
 
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 from lit_robust.attacks import Norm
 from lit_robust.errors import check_choice
 from lit_robust.measures.base import LossKind
 from lit_robust.measures.flatness import PaperFlatness
 from lit_robust.measures.registry import register_measure
+from lit_robust.measures.settings import FlatnessSettings
 from lit_robust.weights import Selection
 
 
@@ -57,7 +58,7 @@ class AverageCaseFlatness(PaperFlatness):
         return f"avg_{self.loss}"
 
     @classmethod
-    def from_settings(cls, settings, options, **fixed) -> "AverageCaseFlatness":
+    def from_settings(cls, settings: FlatnessSettings, options: Dict[str, Any], **fixed: Any) -> "AverageCaseFlatness":
         return cls(xi=options["average_xi"], samples=settings.samples, pgd_steps=settings.pgd_steps, pgd_restarts=1,
                    reference_pgd_steps=settings.pgd_steps, reference_pgd_restarts=settings.pgd_restarts,
                    parallel=options["parallel"], max_examples=None, **fixed)

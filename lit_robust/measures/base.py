@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from lit_robust.attacks import PAPER_EPSILON, PAPER_STEP_SIZE, PGD, Norm, ThreatModel, restore_modes
 from lit_robust.batches import inputs_and_targets
 from lit_robust.errors import check
+from lit_robust.measures.settings import FlatnessSettings
 from lit_robust.sanity import check_input_range
 from lit_robust.weights import Selection
 
@@ -152,7 +153,7 @@ class Measure(ABC):
         return PGD(t.epsilon, t.step_size, steps, restarts=restarts, norm=t.norm, random_start=self.random_start)
 
     @classmethod
-    def from_settings(cls, settings, options: Dict[str, object], **fixed) -> "Measure":
+    def from_settings(cls, settings: FlatnessSettings, options: Dict[str, Any], **fixed: Any) -> "Measure":
         """The measure as :class:`~lit_robust.callbacks.FlatnessMonitor` builds it for a name it was registered
         under: ``fixed`` are the registration's arguments, ``settings`` the stage's
         :class:`~lit_robust.measures.settings.FlatnessSettings` and ``options`` the monitor's other settings.

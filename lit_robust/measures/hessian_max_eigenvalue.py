@@ -13,7 +13,7 @@ on one batch, with its eigenvector.
 """
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +22,7 @@ from lit_robust.attacks import Norm, per_example_loss
 from lit_robust.errors import check, check_choice
 from lit_robust.measures.base import Examples, LossKind, Measure, MeasureResult, Reduce, reduced
 from lit_robust.measures.registry import register_measure
+from lit_robust.measures.settings import FlatnessSettings
 from lit_robust.weights import Selection, gaussian_direction, names_and_weights
 
 
@@ -88,7 +89,7 @@ class HessianMaxEigenvalue(Measure):
         return f"lambda_max_{self.loss}"
 
     @classmethod
-    def from_settings(cls, settings, options, **fixed) -> "HessianMaxEigenvalue":
+    def from_settings(cls, settings: FlatnessSettings, options: Dict[str, Any], **fixed: Any) -> "HessianMaxEigenvalue":
         return cls(steps=settings.pgd_steps, max_examples=None, **fixed)
 
     def measure(self, model: nn.Module, batches: Examples, reduce: Optional[Reduce],

@@ -15,7 +15,7 @@ all examples; the per-probe sums are reduced over processes in one collective, l
 :class:`~lit_robust.measures.flatness.FlatnessMeasures`. Eval mode, weights and ``.grad`` untouched.
 """
 
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,7 @@ from lit_robust.attacks import PGD, Norm, per_example_loss
 from lit_robust.errors import check, check_choice
 from lit_robust.measures.base import Examples, LossKind, Measure, MeasureResult, Reduce, reduced
 from lit_robust.measures.registry import register_measure
+from lit_robust.measures.settings import FlatnessSettings
 from lit_robust.weights import Selection, names_and_weights
 
 
@@ -93,7 +94,7 @@ class HutchinsonMeasure(Measure):
         self.loss, self.samples, self.steps, self.restarts = loss, samples, steps, restarts
 
     @classmethod
-    def from_settings(cls, settings, options, **fixed) -> "HutchinsonMeasure":
+    def from_settings(cls, settings: FlatnessSettings, options: Dict[str, Any], **fixed: Any) -> "HutchinsonMeasure":
         return cls(samples=settings.hutchinson_samples, steps=settings.pgd_steps, max_examples=None, **fixed)
 
     def forms(self, model: nn.Module, batches: Examples, tensors: Sequence[Tensor],

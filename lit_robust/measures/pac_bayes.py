@@ -23,7 +23,7 @@ the code all parameters). Each bisection step reduces its error counts over proc
 collective (the next sigma depends on it); the draws are evaluated one after another, not vmap-ed.
 """
 
-from typing import List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,7 @@ from lit_robust.errors import check, check_choice
 from lit_robust.evaluation import clean_and_robust
 from lit_robust.measures.base import Examples, Measure, MeasureResult, Reduce, reduced
 from lit_robust.measures.registry import register_measure
+from lit_robust.measures.settings import FlatnessSettings
 from lit_robust.weights import Selection, gaussian_direction, names_and_weights, perturbed
 
 ErrorKind = Literal["rerr", "err"]
@@ -90,7 +91,7 @@ class PacBayesFlatness(Measure):
         return f"pac_bayes_{'mag_' if self.magnitude_aware else ''}{self.loss}"
 
     @classmethod
-    def from_settings(cls, settings, options, **fixed) -> "PacBayesFlatness":
+    def from_settings(cls, settings: FlatnessSettings, options: Dict[str, Any], **fixed: Any) -> "PacBayesFlatness":
         return cls(target=options["pac_bayes_target"], search_depth=options["pac_bayes_search_depth"],
                    samples=options["pac_bayes_samples"], magnitude_epsilon=options["pac_bayes_epsilon"],
                    steps=settings.pgd_steps, max_examples=None, **fixed)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Tuple, Type, TypeVar
 from lit_robust.errors import ConfigurationError, check
 
 from .base import Measure
+from .settings import FlatnessSettings
 
 M = TypeVar("M", bound=Type[Measure])
 _REGISTRY: Dict[str, Tuple[Type[Measure], Dict[str, Any]]] = {}
@@ -55,7 +56,7 @@ def registered(name: str) -> Tuple[Type[Measure], Dict[str, Any]]:
     return _REGISTRY[name]
 
 
-def measure_named(name: str, settings, options: Dict[str, Any]) -> Measure:
+def measure_named(name: str, settings: FlatnessSettings, options: Dict[str, Any]) -> Measure:
     """The measure registered as ``name``, built for a stage of ``FlatnessMonitor`` (see ``Measure.from_settings``)."""
     cls, fixed = registered(name)
     return cls.from_settings(settings, options, **fixed)

@@ -37,7 +37,7 @@ sums are reduced over processes in one collective.
 """
 
 import math
-from typing import Any, Iterable, List, Literal, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +47,7 @@ from lit_robust.errors import check, check_choice
 from lit_robust.measures.base import Examples, LossKind, Measure, MeasureResult, Reduce, reduced
 from lit_robust.measures.flatness import loss_of, losses_at
 from lit_robust.measures.registry import register_measure
+from lit_robust.measures.settings import FlatnessSettings
 from lit_robust.weights import Selection, gaussian_direction, names_and_weights, perturbed
 
 P = Literal["2", "inf"]
@@ -205,7 +206,7 @@ class Sharpness(Measure):
         return f"{kind}_worst_{self.loss}_{'linf' if self.p == 'inf' else 'l2'}"
 
     @classmethod
-    def from_settings(cls, settings, options, **fixed) -> "Sharpness":
+    def from_settings(cls, settings: FlatnessSettings, options: Dict[str, Any], **fixed: Any) -> "Sharpness":
         rho = options["adaptive_rho"] if fixed["case"] == "average" else (
             options["adaptive_rho_linf"] if fixed.get("p") == "inf" else options["adaptive_rho_l2"])
         samples = settings.samples if settings.adaptive_samples is None else settings.adaptive_samples

@@ -7,13 +7,14 @@ example). With ``loss="loss"`` the clean cross-entropy, ascent on nu alone. The 
 the restarts.
 """
 
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 from lit_robust.attacks import Norm
 from lit_robust.errors import check_choice
 from lit_robust.measures.base import LossKind
 from lit_robust.measures.flatness import PaperFlatness
 from lit_robust.measures.registry import register_measure
+from lit_robust.measures.settings import FlatnessSettings
 from lit_robust.weights import Selection
 
 
@@ -58,7 +59,7 @@ class WorstCaseFlatness(PaperFlatness):
         return f"worst_{self.loss}"
 
     @classmethod
-    def from_settings(cls, settings, options, **fixed) -> "WorstCaseFlatness":
+    def from_settings(cls, settings: FlatnessSettings, options: Dict[str, Any], **fixed: Any) -> "WorstCaseFlatness":
         return cls(xi=options["worst_xi"], ascent_iterations=settings.ascent_iterations,
                    ascent_restarts=settings.ascent_restarts, lr=options["worst_lr"],
                    reference_pgd_steps=settings.pgd_steps, reference_pgd_restarts=settings.pgd_restarts,
