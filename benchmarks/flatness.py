@@ -33,7 +33,7 @@ sys.path.insert(0, ROOT)
 from lit_robust.callbacks.flatness_monitor import FlatnessMonitor  # noqa: E402
 from lit_robust.cli import TRAINER_DEFAULTS, RobustCLI  # noqa: E402
 from lit_robust.data import AdversarialDataModule, DigitsDataModule  # noqa: E402
-from lit_robust.flatness import FlatnessMeasures  # noqa: E402
+from lit_robust.measures.flatness import FlatnessMeasures  # noqa: E402
 from lit_robust.modules import AdversarialModule  # noqa: E402
 
 

@@ -22,10 +22,12 @@ from torch.utils.data import Subset
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from lit_robust.attacks import ThreatModel  # noqa: E402
 from lit_robust.callbacks.flatness_monitor import ALL_MEASURES, FlatnessMonitor, FlatnessSettings  # noqa: E402
 from lit_robust.cli import TRAINER_DEFAULTS, RobustCLI  # noqa: E402
 from lit_robust.data import AdversarialDataModule  # noqa: E402
 from lit_robust.evaluation import loader  # noqa: E402
+from lit_robust.measures import measure_named  # noqa: E402
 from lit_robust.modules import AdversarialModule  # noqa: E402
 
 # configs/callbacks/measures.yaml
@@ -71,13 +73,15 @@ def main() -> None:
     print(f"one training epoch of configs/digits/at.yaml: {epoch_wall:.2f} s (CPU {epoch_cpu:.2f} s); "
           f"{stage} settings, {examples} examples, 1 thread")
     total = 0.0
+    threat_model = ThreatModel(**attack)
     for measure in ALL_MEASURES:
         monitor = FlatnessMonitor(measures=(measure,), **TEST_SETTINGS)
         start = time.perf_counter(), time.process_time()
         if measure in ("avg_rloss", "worst_rloss", "avg_loss", "worst_loss"):
             monitor._meter(stage, **attack)(cli.model.model, batches, (measure,))
         else:
-            monitor._extra(measure, stage, attack)(cli.model.model, batches, None, torch.Generator().manual_seed(0))
+            built = measure_named(measure, monitor.settings[stage], monitor.options).with_threat_model(threat_model)
+            built(cli.model.model, batches, None, torch.Generator().manual_seed(0))
         wall, cpu = time.perf_counter() - start[0], time.process_time() - start[1]
         if measure not in ("avg_rloss", "worst_rloss", "avg_loss", "worst_loss"):
             total += cpu

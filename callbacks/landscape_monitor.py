@@ -4,19 +4,17 @@ Stutz et al. 2021, supplement Sec. C and Table A.
 """
 
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import Subset
 from typing_extensions import override
 
-from lit_robust.attacks import PGD, threat_model_of
+from lit_robust.attacks import PGD, Norm, ThreatModel
+from lit_robust.batches import DEFAULT_BATCH_KEYS, FirstExamples
 from lit_robust.errors import check, check_choice
-from lit_robust.evaluation import loader
-from lit_robust.flatness import LossKind
 from lit_robust.landscape import (
     DirectionKind,
     Landscape,
@@ -30,9 +28,12 @@ from lit_robust.landscape import (
     plot_surface,
     random_directions,
 )
+from lit_robust.measures.base import LossKind
+from lit_robust.module_contract import NetworkSetting, network_of, threat_model_for
+from lit_robust.sanity import check_input_range
 from lit_robust.weights import names_and_weights, normalize_direction
 
-from .flatness_monitor import ScheduledMeasurement
+from .scheduled_measurement import ScheduledMeasurement
 
 KINDS = ("random", "adversarial", "hessian")
 
@@ -54,7 +55,11 @@ class LandscapeMonitor(ScheduledMeasurement):
     weight space (Stutz et al. 2021, supplement Table A), and ``flatness/input_lambda_max``, the mean over the batch of
     the largest eigenvalue of the input Hessian (Singla et al. 2021, Fig. 3). Only the process of rank 0
     measures; the weights are those of validation (see
-    :class:`~lit_robust.callbacks.flatness_monitor.ScheduledMeasurement`). The input threat model is the module's.
+    :class:`~lit_robust.callbacks.scheduled_measurement.ScheduledMeasurement`). The input threat model is the
+    module's, or ``epsilon``, ``step_size`` and ``norm`` for a module without one; the network is the module's
+    attribute ``network`` or what a callable returns; both are checked at ``setup``. The batch is the first
+    ``examples`` examples as the data module's ``test_dataloader`` yields them (its ``collate_fn``; batches
+    ``(x, y, ...)`` or dicts under the module's ``batch_keys``), checked against the [0, 1] input contract.
 
     Args:
         every_n_epochs: during fit, after every this many epochs; 0 only on test.
@@ -80,6 +85,10 @@ class LandscapeMonitor(ScheduledMeasurement):
         png: also write PNG files.
         parallel: weight perturbations per vectorised pass; 1 one by one.
         seed: seed of the random directions and attacks (a forked generator; training is unaffected).
+        epsilon: radius of the input threat model for a module without ``threat_model`` (None: the module's).
+        step_size: PGD step size for a module without ``threat_model`` (None: the module's).
+        norm: ``"linf"`` or ``"l2"`` (None: the module's; L-inf for a module without a threat model).
+        network: the module's attribute that holds the network, or a callable taking the module (``"model"``).
     """
 
     def __init__(self, *, every_n_epochs: int = 0, on_test: bool = True,
@@ -89,7 +98,9 @@ class LandscapeMonitor(ScheduledMeasurement):
                  adversarial_length: float = 0.025, hessian_length: float = 0.5, adversarial_xi: float = 0.003,
                  adversarial_iterations: int = 20, adversarial_lr: float = 0.001, surface: bool = False,
                  surface_steps: int = 21, hessian: bool = True, input_hessian: bool = True,
-                 hessian_iterations: int = 100, png: bool = True, parallel: int = 10, seed: int = 0) -> None:
+                 hessian_iterations: int = 100, png: bool = True, parallel: int = 10, seed: int = 0,
+                 epsilon: Optional[float] = None, step_size: Optional[float] = None, norm: Optional[Norm] = None,
+                 network: NetworkSetting = "model") -> None:
         super().__init__(every_n_epochs, on_test)
         for kind in kinds:
             check_choice(kind, "kinds", KINDS)
@@ -113,6 +124,18 @@ class LandscapeMonitor(ScheduledMeasurement):
         self.surface, self.surface_steps = surface, surface_steps
         self.hessian, self.input_hessian, self.hessian_iterations = hessian, input_hessian, hessian_iterations
         self.png, self.parallel, self.seed = png, parallel, seed
+        check(norm is None or norm in ("linf", "l2"), "norm", norm, "'linf' or 'l2' (or None: the module's)")
+        check(isinstance(network, str) or callable(network), "network", network,
+              "the name of the module's attribute that holds the network, or a callable taking the module")
+        self.epsilon, self.step_size, self.norm, self.network = epsilon, step_size, norm, network
+        self._threat_model: Optional[ThreatModel] = None
+
+    @override
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        network_of(pl_module, self.network, "LandscapeMonitor")
+        if self.loss == "rloss":
+            self._threat_model = threat_model_for(pl_module, self.epsilon, self.step_size, self.norm,
+                                                  "LandscapeMonitor with loss='rloss'")
 
     @override
     def _measure(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
@@ -122,8 +145,10 @@ class LandscapeMonitor(ScheduledMeasurement):
         if datamodule is None:
             rank_zero_warn("LandscapeMonitor needs a data module with test_dataloader; nothing measured.")
             return
-        dataset = datamodule.test_dataloader().dataset
-        x, y = next(iter(loader(Subset(dataset, range(min(self.examples, len(dataset)))), self.examples)))
+        keys = getattr(pl_module, "batch_keys", DEFAULT_BATCH_KEYS)
+        x, y = next(iter(FirstExamples(datamodule.test_dataloader(), self.examples, batch_size=self.examples,
+                                       keys=keys)))
+        check_input_range(x)
         x, y = x.to(pl_module.device), y.to(pl_module.device)
         devices = [pl_module.device] if pl_module.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -143,10 +168,11 @@ class LandscapeMonitor(ScheduledMeasurement):
                                                      f"{landscape.curve[-1]:.3f}" for landscape in landscapes))
 
     def _landscapes(self, pl_module: "pl.LightningModule", x: torch.Tensor, y: torch.Tensor):
-        model = pl_module.model
+        model = network_of(pl_module, self.network, "LandscapeMonitor")
         attack = None
         if self.loss == "rloss":
-            threat_model = threat_model_of(pl_module, "LandscapeMonitor with loss='rloss'")
+            threat_model = self._threat_model or threat_model_for(pl_module, self.epsilon, self.step_size, self.norm,
+                                                                  "LandscapeMonitor with loss='rloss'")
             attack = PGD(threat_model.epsilon, threat_model.step_size, self.attack_steps, norm=threat_model.norm)
         _, weights = names_and_weights(model)
         scalars: Dict[str, float] = {}

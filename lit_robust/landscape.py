@@ -31,7 +31,9 @@ from torch import Tensor, nn
 
 from lit_robust.attacks import PGD, per_example_loss, restore_modes
 from lit_robust.errors import check, check_choice
-from lit_robust.flatness import joint_ascent, losses_at
+from lit_robust.measures.flatness import joint_ascent, losses_at
+from lit_robust.measures.hessian_max_eigenvalue import Eigenpair, power_iteration
+from lit_robust.sanity import check_input_range
 from lit_robust.weights import Neighbourhood, Selection, gaussian_direction, names_and_weights, normalize_direction
 
 Direction = List[Tensor]
@@ -104,6 +106,8 @@ def adversarial_directions(model: nn.Module, x: Tensor, y: Tensor, attack: Optio
         parallel: restarts per vectorised pass; 1 one by one.
         generator: random-number generator for the initial weight perturbations.
     """
+    if attack is not None:  # PGD clamps to [0, 1]
+        check_input_range(x)
     check_choice(normalization, "normalization", ("layer", "filter"))
     names, weights = names_and_weights(model, which)
     with restore_modes(model, False), torch.enable_grad():
@@ -129,6 +133,8 @@ def landscape_1d(model: nn.Module, x: Tensor, y: Tensor, directions: Sequence[Di
         which: tensors the directions are over.
         parallel: perturbations per vectorised pass; 1 one by one.
     """
+    if attack is not None:  # PGD clamps to [0, 1]
+        check_input_range(x)
     check(steps >= 2, "steps", steps, "an integer >= 2")
     names, weights = names_and_weights(model, which)
     alphas = torch.linspace(-1.0, 1.0, steps)
@@ -152,20 +158,14 @@ def landscape_2d(model: nn.Module, x: Tensor, y: Tensor, direction_x: Direction,
         which: tensors the directions are over.
         parallel: perturbations per vectorised pass; 1 one by one.
     """
+    if attack is not None:  # PGD clamps to [0, 1]
+        check_input_range(x)
     check(steps >= 2, "steps", steps, "an integer >= 2")
     names, weights = names_and_weights(model, which)
     grid = torch.linspace(-1.0, 1.0, steps)
     points = torch.cartesian_prod(grid, grid)  # alpha-major, as the returned (alpha, beta) array
     return _mean_losses(model, names, weights, [direction_x, direction_y], points, x, y, attack,
                         parallel).view(steps, steps)
-
-
-@dataclass
-class Eigenpair:
-    """The eigenvalue of largest magnitude found by power iteration and its unit eigenvector (one tensor per layer)."""
-
-    value: float
-    vector: List[Tensor]
 
 
 def hessian_max_eigenvalue(model: nn.Module, x: Tensor, y: Tensor, which: Selection = "all", iterations: int = 100,
@@ -190,18 +190,8 @@ def hessian_max_eigenvalue(model: nn.Module, x: Tensor, y: Tensor, which: Select
     with restore_modes(model, False), torch.enable_grad():
         loss = per_example_loss(model(x), y).mean()
         grads = torch.autograd.grad(loss, weights, create_graph=True)
-        vector = gaussian_direction(weights, generator)
-        value = 0.0
-        for _ in range(iterations):
-            norm = torch.sqrt(sum((v * v).sum() for v in vector))
-            vector = [v / norm for v in vector]
-            product = torch.autograd.grad(grads, weights, grad_outputs=vector, retain_graph=True)
-            previous, value = value, float(sum((v * p).sum() for v, p in zip(vector, product)))
-            vector = [p.detach() for p in product]
-            if abs(value - previous) <= tol * abs(value):
-                break
-        norm = torch.sqrt(sum((v * v).sum() for v in vector))
-    return Eigenpair(value=value, vector=[v / norm for v in vector])
+        return power_iteration(lambda v: torch.autograd.grad(grads, weights, grad_outputs=v, retain_graph=True),
+                               gaussian_direction(weights, generator), iterations, tol)
 
 
 def input_hessian_max_eigenvalue(model: nn.Module, x: Tensor, y: Tensor, iterations: int = 100, tol: float = 1e-4,

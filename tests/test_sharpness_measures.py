@@ -14,13 +14,10 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
-from lit_robust.adaptive_sharpness import adaptive_sharpness
 from lit_robust.callbacks.flatness_monitor import EXTRA_MEASURES, FlatnessMonitor, FlatnessSettings
 from lit_robust.errors import ConfigurationError
-from lit_robust.hessian_trace import hessian_trace
+from lit_robust.measures import adaptive_sharpness, hessian_trace, pac_bayes_flatness, relative_flatness, sharpness
 from lit_robust.models import SmallCNN
-from lit_robust.pac_bayes import pac_bayes_flatness
-from lit_robust.relative_flatness import relative_flatness
 from tests import helpers
 from tests.helpers import RandomImages, free_port, small_pgdat
 
@@ -65,8 +62,8 @@ def test_adaptive_sharpness_is_invariant_to_rescaling_neurons_plain_sharpness_is
     batches = [(x, y)]
 
     def measure(network, **kwargs):
-        return adaptive_sharpness(network, batches, loss="loss", generator=torch.Generator().manual_seed(0),
-                                  **kwargs).flatness
+        return sharpness(network, batches, loss="loss", generator=torch.Generator().manual_seed(0),
+                         **kwargs).flatness
 
     for kwargs in (dict(case="average", rho=0.3, samples=4), dict(case="worst", p="2", rho=0.5, iterations=8),
                    dict(case="worst", p="inf", rho=0.05, iterations=8)):
@@ -137,7 +134,7 @@ def test_pac_bayes_sigma_shrinks_when_the_loss_surface_is_sharpened(data):
     def sigma(network, magnitude_aware):
         return pac_bayes_flatness(network, [(x, y)], error="err", magnitude_aware=magnitude_aware, samples=2,
                                   search_depth=10, magnitude_epsilon=0.0,
-                                  generator=torch.Generator().manual_seed(0)).sigma
+                                  generator=torch.Generator().manual_seed(0)).details["sigma"]
 
     plain, plain_sharper = sigma(model, False), sigma(sharper, False)
     assert plain_sharper < 0.75 * plain

@@ -11,12 +11,12 @@ weight perturbations nu = |w| * u (elementwise) with ||u||_p <= rho, i.e. ||nu /
   improving, the largest batch-mean loss over the iterates kept), per batch (128 examples there).
 
 Because nu scales with |w|, both are invariant to rescaling a neuron's incoming weights by alpha and
-its outgoing weights by 1/alpha; with ``adaptive=False`` (nu = u, the plain sharpness of Keskar et
-al. / SAM) they are not. In RLoss, the loss at w + nu is RLoss by PGD (a fresh attack per weight
-perturbation) in the average case, and the worst case ascends u and the input perturbation delta
+its outgoing weights by 1/alpha; plain sharpness (nu = u, of Keskar et al. / SAM; :class:`Sharpness`
+with ``adaptive=False``, named ``plain_...``) is not. In RLoss, the loss at w + nu is RLoss by PGD (a
+fresh attack per weight perturbation) in the average case, and the worst case ascends u and the input perturbation delta
 jointly, one PGD step on delta per weight step, as worst-case flatness does
-(:func:`~lit_robust.flatness.joint_ascent`); the reference RLoss(w) is PGD with restarts, worst case
-per example, as in :mod:`lit_robust.flatness`.
+(:func:`~lit_robust.measures.flatness.joint_ascent`); the reference RLoss(w) is PGD with restarts, worst case
+per example, as in :mod:`lit_robust.measures.flatness`.
 
 Differences from the authors' public code (tml-epfl/sharpness-vs-generalization):
 
@@ -37,15 +37,17 @@ sums are reduced over processes in one collective.
 """
 
 import math
-from typing import Iterable, List, Literal, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from lit_robust.attacks import PAPER_EPSILON, PAPER_STEP_SIZE, PGD, Norm, per_example_loss, restore_modes
+from lit_robust.attacks import PGD, Norm, per_example_loss
 from lit_robust.errors import check, check_choice
-from lit_robust.flatness import FlatnessResult, LossKind, Reduce, loss_of, losses_at
-from lit_robust.hessian_trace import examples
+from lit_robust.measures.base import Examples, LossKind, Measure, MeasureResult, Reduce, reduced
+from lit_robust.measures.flatness import loss_of, losses_at
+from lit_robust.measures.registry import register_measure
+from lit_robust.measures.settings import FlatnessSettings
 from lit_robust.weights import Selection, gaussian_direction, names_and_weights, perturbed
 
 P = Literal["2", "inf"]
@@ -142,79 +144,131 @@ def worst_case_ascent(model: nn.Module, weights: Sequence[Tensor], scale: Sequen
     return torch.tensor(best, dtype=torch.float64)
 
 
-def adaptive_sharpness(model: nn.Module, loader: Iterable, case: Literal["average", "worst"] = "average",
-                       loss: LossKind = "rloss", rho: Optional[float] = None, p: P = "2", adaptive: bool = True,
-                       samples: int = 10, iterations: int = 20, epsilon: float = PAPER_EPSILON,
-                       step_size: float = PAPER_STEP_SIZE, steps: int = 20, reference_steps: int = 20,
-                       reference_restarts: int = 10,
-                       norm: Norm = "linf", random_start: bool = True, max_examples: Optional[int] = 1000,
-                       parallel: int = 10, which: Selection = "all", reduce: Optional[Reduce] = None,
-                       generator: Optional[torch.Generator] = None) -> FlatnessResult:
-    """Average- or worst-case (adaptive) sharpness in RLoss or clean Loss (Andriushchenko et al. 2023, Eq. 1-2).
+@register_measure("adaptive_worst_loss_linf", case="worst", loss="loss", p="inf")
+@register_measure("adaptive_worst_loss_l2", case="worst", loss="loss", p="2")
+@register_measure("adaptive_worst_rloss_linf", case="worst", loss="rloss", p="inf")
+@register_measure("adaptive_worst_rloss_l2", case="worst", loss="rloss", p="2")
+@register_measure("adaptive_avg_loss", case="average", loss="loss")
+@register_measure("adaptive_avg_rloss", case="average", loss="rloss")
+class Sharpness(Measure):
+    """Average- or worst-case sharpness, adaptive (nu = |w| * u) or plain (nu = u), in RLoss or clean Loss.
+
+    Its name says which: ``adaptive_avg_rloss``, ``adaptive_worst_rloss_l2``, ``adaptive_worst_loss_linf``, ...
+    and ``plain_avg_rloss``, ``plain_worst_loss_l2``, ... for plain sharpness (Andriushchenko et al. 2023,
+    Eq. 1-2; Kwon et al. 2021, Def. 1).
 
     Args:
-        model: the network; left exactly as it was.
-        loader: batches ``(x, y)`` of [0, 1] images and labels.
         case: ``"average"`` (Gaussian z) or ``"worst"`` (ascent in the ball).
         loss: ``"rloss"`` or ``"loss"``.
         rho: radius; None takes the default of the case and p: 0.1 (average), 0.5 (worst, p = 2),
             0.002 (worst, p = inf), from the middle of the authors' adaptive ranges for CIFAR-10 ResNets.
         p: ``"2"`` or ``"inf"``, the norm of the worst case (the average case is Gaussian).
-        adaptive: nu = |w| * u (adaptive) or nu = u (plain sharpness).
+        adaptive: nu = |w| * u (adaptive sharpness) or nu = u (plain sharpness).
         samples: Gaussian samples per batch of the average case (10).
         iterations: ascent iterations of the worst case (20).
-        epsilon: radius of the input threat model.
-        step_size: PGD step size, also delta's step in the worst-case ascent.
         steps: PGD iterations of RLoss at each perturbed network in the average case (20).
         reference_steps: PGD iterations of the reference RLoss(w) (20).
         reference_restarts: PGD restarts of the reference (10).
+        parallel: perturbations per ``vmap``-ed pass in the average case; the worst case is sequential.
+        epsilon: radius of the input threat model (see :class:`~lit_robust.measures.base.Measure`).
+        step_size: PGD step size, also delta's step in the worst-case ascent.
         norm: input threat model.
         random_start: PGD and delta start at a random point of the input ball.
         max_examples: at most this many examples from the start of the loader (1000).
-        parallel: perturbations per ``vmap``-ed pass in the average case; the worst case is sequential.
         which: the perturbed tensors (see :func:`~lit_robust.weights.select_parameters`).
-        reduce: sums a tensor over processes (for data-parallel evaluation).
-        generator: random-number generator of z and of the ascent's start.
-
-    Returns:
-        ``flatness``: the sharpness; ``perturbed`` the first term, ``reference`` L(w); ``std`` over the
-        samples (average case; 0 for the worst case).
     """
-    check_choice(case, "case", ("average", "worst"))
-    check_choice(loss, "loss", ("rloss", "loss"))
-    check_choice(p, "p", ("2", "inf"))
-    if rho is None:
-        rho = 0.1 if case == "average" else (0.5 if p == "2" else 0.002)
-    check(rho > 0, "rho", rho, "a number > 0")
-    for name, value in (("samples", samples), ("iterations", iterations), ("parallel", parallel)):
-        check(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError("sharpness needs gradients but was called under torch.inference_mode(); run the "
-                           "Trainer with inference_mode=False (train.py does) or call it outside inference mode.")
-    names, weights = names_and_weights(model, which)
-    scale = scales(weights, adaptive)
-    reference_attack = PGD(epsilon, step_size, reference_steps, restarts=reference_restarts, norm=norm,
-                           random_start=random_start) if loss == "rloss" else None
-    attack = PGD(epsilon, step_size, steps, norm=norm, random_start=random_start) if loss == "rloss" else None
-    sums = 1 if case == "worst" else samples
-    totals = torch.zeros(2 + sums, dtype=torch.float64, device=weights[0].device)
-    with restore_modes(model, False), torch.enable_grad():
-        for x, y in examples(model, loader, None, max_examples):
+
+    def __init__(self, *, case: Literal["average", "worst"] = "average", loss: LossKind = "rloss",
+                 rho: Optional[float] = None, p: P = "2", adaptive: bool = True, samples: int = 10,
+                 iterations: int = 20, steps: int = 20, reference_steps: int = 20, reference_restarts: int = 10,
+                 parallel: int = 10, epsilon: Optional[float] = None, step_size: Optional[float] = None,
+                 norm: Optional[Norm] = None, random_start: bool = True, max_examples: Optional[int] = 1000,
+                 which: Selection = "all") -> None:
+        super().__init__(epsilon=epsilon, step_size=step_size, norm=norm, random_start=random_start,
+                         max_examples=max_examples, which=which)
+        check_choice(case, "case", ("average", "worst"))
+        check_choice(loss, "loss", ("rloss", "loss"))
+        check_choice(p, "p", ("2", "inf"))
+        if rho is None:
+            rho = 0.1 if case == "average" else (0.5 if p == "2" else 0.002)
+        check(rho > 0, "rho", rho, "a number > 0")
+        for name, value in (("samples", samples), ("iterations", iterations), ("parallel", parallel)):
+            check(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
+        self.case, self.loss, self.rho, self.p, self.adaptive = case, loss, rho, p, adaptive
+        self.samples, self.iterations, self.steps = samples, iterations, steps
+        self.reference_steps, self.reference_restarts, self.parallel = reference_steps, reference_restarts, parallel
+
+    @property
+    def name(self) -> str:
+        kind = "adaptive" if self.adaptive else "plain"
+        if self.case == "average":
+            return f"{kind}_avg_{self.loss}"
+        return f"{kind}_worst_{self.loss}_{'linf' if self.p == 'inf' else 'l2'}"
+
+    @classmethod
+    def from_settings(cls, settings: FlatnessSettings, options: Dict[str, Any], **fixed: Any) -> "Sharpness":
+        rho = options["adaptive_rho"] if fixed["case"] == "average" else (
+            options["adaptive_rho_linf"] if fixed.get("p") == "inf" else options["adaptive_rho_l2"])
+        samples = settings.samples if settings.adaptive_samples is None else settings.adaptive_samples
+        return cls(rho=rho, samples=samples, iterations=settings.ascent_iterations, steps=settings.pgd_steps,
+                   reference_steps=settings.pgd_steps, reference_restarts=settings.pgd_restarts,
+                   parallel=options["parallel"], max_examples=None, **fixed)
+
+    def measure(self, model: nn.Module, batches: Examples, reduce: Optional[Reduce],
+                generator: Optional[torch.Generator]) -> MeasureResult:
+        names, weights = names_and_weights(model, self.which)
+        scale = scales(weights, self.adaptive)
+        reference_attack = self.attack(self.reference_steps, self.reference_restarts) if self.robust else None
+        attack = self.attack(self.steps) if self.robust else None
+        sums = 1 if self.case == "worst" else self.samples
+        totals = torch.zeros(2 + sums, dtype=torch.float64, device=weights[0].device)
+        for x, y in batches:
             totals[0] += len(y)
             totals[1] += loss_of(model, x, y, reference_attack).sum().double()
-            if case == "average":
-                nus = [[s * rho * z for s, z in zip(scale, gaussian_direction(weights, generator))]
-                       for _ in range(samples)]
-                totals[2:] += losses_at(model, names, weights, nus, x, y, attack, parallel).sum(dim=1).double()
+            if self.case == "average":
+                nus = [[s * self.rho * z for s, z in zip(scale, gaussian_direction(weights, generator))]
+                       for _ in range(self.samples)]
+                totals[2:] += losses_at(model, names, weights, nus, x, y, attack, self.parallel).sum(dim=1).double()
             else:
-                totals[2] += len(y) * worst_case_ascent(model, weights, scale, x, y, attack, rho, p, iterations,
-                                                        generator).to(totals.device)
-    if reduce is not None:
-        totals = reduce(totals)
-    count = float(totals[0])
-    if count == 0:
-        raise ValueError("sharpness was asked for on a loader without examples")
-    reference, per_sample = float(totals[1]) / count, totals[2:] / count
-    first = float(per_sample.mean())
-    return FlatnessResult(flatness=first - reference, std=float(per_sample.std(correction=0)), perturbed=first,
-                          reference=reference, examples=int(count))
+                totals[2] += len(y) * worst_case_ascent(model, weights, scale, x, y, attack, self.rho, self.p,
+                                                        self.iterations, generator).to(totals.device)
+        totals = reduced(totals, reduce, "sharpness")
+        count = float(totals[0])
+        reference, per_sample = float(totals[1]) / count, totals[2:] / count
+        first = float(per_sample.mean())
+        return MeasureResult(flatness=first - reference, std=float(per_sample.std(correction=0)), perturbed=first,
+                             reference=reference, examples=int(count))
+
+
+def sharpness(model: nn.Module, loader: Iterable, case: Literal["average", "worst"] = "average",
+              reduce: Optional[Reduce] = None, generator: Optional[torch.Generator] = None,
+              **settings: Any) -> MeasureResult:
+    """:class:`Sharpness` with ``settings`` (its keyword arguments; the threat model by default the paper's),
+    called once on ``model`` and ``loader``.
+
+    Args:
+        model: the network; left exactly as it was.
+        loader: batches ``(x, y, ...)`` of [0, 1] images and labels; the first ``max_examples`` are used.
+        case: ``"average"`` (Gaussian z) or ``"worst"`` (ascent in the ball).
+        reduce: sums a tensor over processes (for data-parallel evaluation).
+        generator: random-number generator of the measure's weight perturbations or probes.
+        **settings: the keyword arguments of :class:`Sharpness`.
+    """
+    return Sharpness(case=case, **settings)(model, loader, reduce, generator)
+
+
+def adaptive_sharpness(model: nn.Module, loader: Iterable, case: Literal["average", "worst"] = "average",
+                       reduce: Optional[Reduce] = None, generator: Optional[torch.Generator] = None,
+                       **settings: Any) -> MeasureResult:
+    """Adaptive sharpness (Andriushchenko et al. 2023, Eq. 1-2), nu = |w| * u: :func:`sharpness` with
+    ``adaptive=True``.
+
+    Args:
+        model: the network; left exactly as it was.
+        loader: batches ``(x, y, ...)`` of [0, 1] images and labels; the first ``max_examples`` are used.
+        case: ``"average"`` (Gaussian z) or ``"worst"`` (ascent in the ball).
+        reduce: sums a tensor over processes (for data-parallel evaluation).
+        generator: random-number generator of z and of the ascent's start.
+        **settings: the keyword arguments of :class:`Sharpness` but ``adaptive``.
+    """
+    return Sharpness(case=case, adaptive=True, **settings)(model, loader, reduce, generator)

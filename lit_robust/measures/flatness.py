@@ -28,8 +28,7 @@ Where the paper's public code differs from its text, the text is followed:
   with 10 restarts, worst case per example.
 """
 
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Literal, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Literal, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +36,15 @@ from torch.func import functional_call, vmap
 
 from lit_robust.attacks import PAPER_EPSILON, PAPER_STEP_SIZE, PGD, Norm, per_example_loss, restore_modes
 from lit_robust.errors import check, check_choice
+from lit_robust.measures.base import (
+    Examples,
+    Measure,
+    MeasureResult,
+    Reduce,
+    first_examples,
+    reduced,
+    require_gradients,
+)
 from lit_robust.weights import (
     Neighbourhood,
     Selection,
@@ -46,30 +54,8 @@ from lit_robust.weights import (
     perturbed,
 )
 
-Measure = Literal["avg_rloss", "worst_rloss", "avg_loss", "worst_loss"]
+PaperMeasure = Literal["avg_rloss", "worst_rloss", "avg_loss", "worst_loss"]
 MEASURES: Tuple[str, ...] = ("avg_rloss", "worst_rloss", "avg_loss", "worst_loss")
-LossKind = Literal["rloss", "loss"]
-Reduce = Callable[[Tensor], Tensor]
-
-
-@dataclass
-class FlatnessResult:
-    """One flatness measure over a data set.
-
-    Attributes:
-        flatness: the measure, ``perturbed - reference``.
-        std: standard deviation of the measure over the weight samples (average case, Stutz et al. 2021, supplement
-            Fig. D) or over the restarts (worst case), each sample's loss averaged over all examples.
-        perturbed: the first term, E_nu[.] or max_nu[.], averaged over examples.
-        reference: the second term, RLoss (or Loss) at w, averaged over examples.
-        examples: number of examples it was measured on (over all processes).
-    """
-
-    flatness: float
-    std: float
-    perturbed: float
-    reference: float
-    examples: int
 
 
 class StackedNetwork(nn.Module):
@@ -281,9 +267,9 @@ class FlatnessMeasures:
             worst_xi, ascent_iterations, ascent_restarts, worst_lr)
         self.max_examples, self.parallel, self.which = max_examples, parallel, which
 
-    def __call__(self, model: nn.Module, loader: Iterable, measures: Sequence[Measure] = MEASURES,
+    def __call__(self, model: nn.Module, loader: Iterable, measures: Sequence[PaperMeasure] = MEASURES,
                  reduce: Optional[Reduce] = None,
-                 generator: Optional[torch.Generator] = None) -> Dict[str, FlatnessResult]:
+                 generator: Optional[torch.Generator] = None) -> Dict[str, MeasureResult]:
         """Measure ``measures`` of ``model`` on the examples of ``loader``.
 
         Args:
@@ -296,14 +282,11 @@ class FlatnessMeasures:
                 use the global one).
 
         Returns:
-            One :class:`FlatnessResult` per measure.
+            One :class:`MeasureResult` per measure.
         """
         for measure in measures:
             check_choice(measure, "measures", MEASURES)
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                "flatness needs gradients but was called under torch.inference_mode(); run the Trainer "
-                "with inference_mode=False (train.py does) or call it outside inference mode.")
+        require_gradients("flatness")
         names, weights = names_and_weights(model, self.which)
         average = Neighbourhood(weights, self.average_xi)
         worst = Neighbourhood(weights, self.worst_xi)
@@ -315,8 +298,7 @@ class FlatnessMeasures:
 
         kinds = {measure.split("_")[1] for measure in measures}
         with restore_modes(model, False), torch.enable_grad():
-            for x, y in self._batches(loader):
-                x, y = x.to(device), y.to(device)
+            for x, y in first_examples(loader, self.max_examples, device):
                 add("count", torch.tensor(float(len(y)), device=device))
                 references = {kind: loss_of(model, x, y, self.reference_attack if kind == "rloss" else None)
                               for kind in kinds}
@@ -335,18 +317,8 @@ class FlatnessMeasures:
                         add(f"{measure}/max", means.max() * len(y))
         return self._results(totals, measures, reduce, device)
 
-    def _batches(self, loader: Iterable) -> Iterable[Tuple[Tensor, Tensor]]:
-        seen = 0
-        for x, y in loader:
-            if self.max_examples is not None:
-                x, y = x[:self.max_examples - seen], y[:self.max_examples - seen]
-            if len(y) == 0:
-                return
-            seen += len(y)
-            yield x, y
-
     def _results(self, totals: Dict[str, Tensor], measures: Sequence[str], reduce: Optional[Reduce],
-                 device: torch.device) -> Dict[str, FlatnessResult]:
+                 device: torch.device) -> Dict[str, MeasureResult]:
         layout = [("count", 1)]
         for measure in measures:
             samples = self.samples if measure.startswith("avg") else self.ascent_restarts
@@ -356,107 +328,42 @@ class FlatnessMeasures:
         # one flat vector so that a single collective sums every total over the processes
         flat = torch.cat([totals.get(key, torch.zeros(size, device=device, dtype=torch.float64)).reshape(size)
                           for key, size in layout])
-        if reduce is not None:
-            flat = reduce(flat)
+        flat = reduced(flat, reduce, "flatness")
         values, offset = {}, 0
         for key, size in layout:
             values[key], offset = flat[offset:offset + size], offset + size
         count = float(values["count"])
-        if count == 0:
-            raise ValueError("flatness was asked for on a loader without examples")
         results = {}
         for measure in measures:
             reference = float(values[f"{measure}/reference"]) / count
             per_sample = values[f"{measure}/samples"] / count
             first = per_sample.mean() if measure.startswith("avg") else values[f"{measure}/max"][0] / count
-            results[measure] = FlatnessResult(flatness=float(first) - reference,
+            results[measure] = MeasureResult(flatness=float(first) - reference,
                                               std=float(per_sample.std(correction=0)),
                                               perturbed=float(first), reference=reference, examples=int(count))
         return results
 
 
-def average_case_flatness(model: nn.Module, loader: Iterable, xi: float = 0.5, samples: int = 10,
-                          loss: LossKind = "rloss", epsilon: float = PAPER_EPSILON, step_size: float = PAPER_STEP_SIZE,
-                          pgd_steps: int = 20, pgd_restarts: int = 1, reference_pgd_steps: int = 20,
-                          reference_pgd_restarts: int = 10,
-                          norm: Norm = "linf", random_start: bool = True, max_examples: Optional[int] = 1000,
-                          parallel: int = 10, which: Selection = "all", reduce: Optional[Reduce] = None,
-                          generator: Optional[torch.Generator] = None) -> FlatnessResult:
-    """Average-case flatness, E_nu[RLoss(w + nu)] - RLoss(w) (Stutz et al. 2021, Eq. 1; supplement Eq. 3).
+class PaperFlatness(Measure):
+    """What the paper's average- and worst-case flatness share: they are computed by :class:`FlatnessMeasures`
+    from the settings each adds (:meth:`meter_settings`) to the threat model, the reference and ``parallel``."""
 
-    Per batch, ``samples`` fresh nu uniformly on the per-layer sphere of B_xi(w) (Stutz et al. 2021, Eq. 2);
-    RLoss(w + nu) by PGD with ``pgd_steps`` iterations and ``pgd_restarts`` restarts, RLoss(w) by PGD with
-    ``reference_pgd_steps`` and ``reference_pgd_restarts`` (worst case per example). With ``loss="loss"``
-    the clean cross-entropy instead. The standard deviation is over the samples (Stutz et al. 2021, supplement Fig. D).
+    reference_pgd_steps: int
+    reference_pgd_restarts: int
+    parallel: int
 
-    Args:
-        model: the network; left exactly as it was.
-        loader: batches ``(x, y)`` of [0, 1] images and labels.
-        xi: relative radius of B_xi(w) (0.5).
-        samples: weight perturbations per batch (10).
-        loss: ``"rloss"`` (robust loss) or ``"loss"`` (clean loss).
-        epsilon: radius of the input threat model.
-        step_size: PGD step size.
-        pgd_steps: PGD iterations on each perturbed network (20).
-        pgd_restarts: PGD restarts on each perturbed network (1).
-        reference_pgd_steps: PGD iterations of the reference (20).
-        reference_pgd_restarts: PGD restarts of the reference (10).
-        norm: input threat model.
-        random_start: PGD starts at a random point of the ball.
-        max_examples: at most this many examples from the start of the loader (1000).
-        parallel: perturbations per ``vmap``-ed pass; 1 for the sequential path.
-        which: tensors that make up B_xi(w).
-        reduce: sums a tensor over processes (for data-parallel evaluation).
-        generator: random-number generator for nu.
-    """
-    check_choice(loss, "loss", ("rloss", "loss"))
-    measures = FlatnessMeasures(epsilon=epsilon, step_size=step_size, norm=norm, random_start=random_start,
-                                reference_pgd_steps=reference_pgd_steps, reference_pgd_restarts=reference_pgd_restarts,
-                                average_xi=xi, samples=samples, average_pgd_steps=pgd_steps,
-                                average_pgd_restarts=pgd_restarts,
-                                max_examples=max_examples, parallel=parallel, which=which)
-    return measures(model, loader, (f"avg_{loss}",), reduce, generator)[f"avg_{loss}"]
+    def meter_settings(self) -> Dict[str, object]:
+        """The measure's own arguments of :class:`FlatnessMeasures`."""
+        raise NotImplementedError
 
+    def meter(self) -> FlatnessMeasures:
+        """The joint evaluator of the paper's measures with this measure's settings."""
+        t = self.threat_model
+        return FlatnessMeasures(epsilon=t.epsilon, step_size=t.step_size, norm=t.norm, random_start=self.random_start,
+                                reference_pgd_steps=self.reference_pgd_steps,
+                                reference_pgd_restarts=self.reference_pgd_restarts, max_examples=None,
+                                parallel=self.parallel, which=self.which, **self.meter_settings())
 
-def worst_case_flatness(model: nn.Module, loader: Iterable, xi: float = 0.003, ascent_iterations: int = 20,
-                        ascent_restarts: int = 10, lr: float = 0.001, loss: LossKind = "rloss",
-                        epsilon: float = PAPER_EPSILON, step_size: float = PAPER_STEP_SIZE,
-                        reference_pgd_steps: int = 20, reference_pgd_restarts: int = 10,
-                        norm: Norm = "linf", random_start: bool = True, max_examples: Optional[int] = 1000,
-                        parallel: int = 10, which: Selection = "all", reduce: Optional[Reduce] = None,
-                        generator: Optional[torch.Generator] = None) -> FlatnessResult:
-    """Worst-case flatness, max_{nu in B_xi(w)} RLoss(w + nu) - RLoss(w) (Stutz et al. 2021, supplement Eq. 5-7).
-
-    Per batch, :func:`joint_ascent` on nu and delta, ``ascent_restarts`` restarts of
-    ``ascent_iterations`` iterations; the batch's maximum over the restarts of the mean loss is the
-    first term. The reference is RLoss(w) by PGD with
-    ``reference_pgd_steps`` and ``reference_pgd_restarts`` (worst case per example). With ``loss="loss"``
-    the clean cross-entropy, ascent on nu alone. The standard deviation is over the restarts.
-
-    Args:
-        model: the network; left exactly as it was.
-        loader: batches ``(x, y)`` of [0, 1] images and labels.
-        xi: relative radius of B_xi(w) (0.003).
-        ascent_iterations: iterations of the joint ascent (20).
-        ascent_restarts: restarts of the joint ascent per batch, maximum taken (10).
-        lr: learning rate of nu after per-layer normalisation of its gradient (0.001).
-        loss: ``"rloss"`` (robust loss) or ``"loss"`` (clean loss).
-        epsilon: radius of the input threat model.
-        step_size: delta's step (signed gradient for L-inf), as PGD's.
-        reference_pgd_steps: PGD iterations of the reference (20).
-        reference_pgd_restarts: PGD restarts of the reference (10).
-        norm: input threat model.
-        random_start: delta starts at a random point of the ball.
-        max_examples: at most this many examples from the start of the loader (1000).
-        parallel: restarts per ``vmap``-ed pass; 1 for the sequential path.
-        which: tensors that make up B_xi(w).
-        reduce: sums a tensor over processes (for data-parallel evaluation).
-        generator: random-number generator for the initial nu.
-    """
-    check_choice(loss, "loss", ("rloss", "loss"))
-    measures = FlatnessMeasures(epsilon=epsilon, step_size=step_size, norm=norm, random_start=random_start,
-                                reference_pgd_steps=reference_pgd_steps, reference_pgd_restarts=reference_pgd_restarts,
-                                worst_xi=xi, ascent_iterations=ascent_iterations, ascent_restarts=ascent_restarts,
-                                worst_lr=lr,
-                                max_examples=max_examples, parallel=parallel, which=which)
-    return measures(model, loader, (f"worst_{loss}",), reduce, generator)[f"worst_{loss}"]
+    def measure(self, model: nn.Module, batches: Examples, reduce: Optional[Reduce],
+                generator: Optional[torch.Generator]) -> MeasureResult:
+        return self.meter()(model, batches, (self.name,), reduce, generator)[self.name]
