@@ -11,6 +11,12 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lit_robust.attacks import PGD, Norm, ThreatModel
+from lit_robust.callback_schedule import (
+    check_epoch_reached,
+    check_validation_runs,
+    first_common_epoch,
+    warn_unless_scheduled,
+)
 from lit_robust.errors import ConfigurationError, check, check_choice
 from lit_robust.evaluation import clean_and_robust
 
@@ -106,10 +112,20 @@ class RobustEarlyStopping(Callback):
                                         epsilon=self.epsilon, step_size=self.step_size, norm=self.norm,
                                         filename=self.filename)
 
+    def check_schedule(self, trainer: "pl.Trainer") -> None:
+        """Refuse a fit in which this callback would never evaluate: without validation, or with its first
+        evaluation (the first epoch that is a multiple of both ``every_n_epochs`` and the trainer's
+        ``check_val_every_n_epoch``) after ``max_epochs`` (see :mod:`lit_robust.callback_schedule`)."""
+        every_validation = check_validation_runs(trainer, "RobustEarlyStopping", "evaluates")
+        check_epoch_reached(trainer, "every_n_epochs", self.every_n_epochs,
+                            first_common_epoch(self.every_n_epochs, every_validation), "RobustEarlyStopping",
+                            "evaluates")
+
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
+        warn_unless_scheduled(self, trainer)
         threat_model = getattr(pl_module, "threat_model", None)
 
         def setting(name: str, value: Any) -> Any:

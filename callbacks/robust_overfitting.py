@@ -9,6 +9,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from typing_extensions import override
 
+from lit_robust.callback_schedule import check_validation_runs, warn_unless_scheduled
 from lit_robust.errors import check
 
 
@@ -46,6 +47,16 @@ class RobustOverfitting(Callback):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(threshold=self.threshold)
+
+    def check_schedule(self, trainer: "pl.Trainer") -> None:
+        """Refuse a fit without validation, where nothing would be recorded (see
+        :mod:`lit_robust.callback_schedule`)."""
+        check_validation_runs(trainer, "RobustOverfitting", "records the held-out robust loss")
+
+    @override
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if stage == "fit":
+            warn_unless_scheduled(self, trainer)
 
     def _record_train_rloss(self, trainer: "pl.Trainer") -> None:
         # the epoch mean of train/rloss reaches callback_metrics after on_train_epoch_end: read it one hook later

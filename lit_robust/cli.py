@@ -9,7 +9,7 @@ import re
 import sys
 import traceback
 import zipfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from jsonargparse import Namespace
@@ -48,9 +48,12 @@ class RobustCLI(LightningCLI):
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="After fit, test the final weights on the evaluation split and write metrics.json.")
         parser.add_argument("--allow_untrained", type=bool, default=False,
-                            help="Let test, validate and predict run without --ckpt_path, on untrained weights.")
+                            help="Let test, validate and predict run without --ckpt_path, on untrained weights, "
+                                 "and fit test and report weights it did not train (a fit that trains nothing).")
 
     checkpoint_shapes: Optional[Dict[str, tuple]] = None
+    # the epochs and optimizer steps the --ckpt_path checkpoint had done: where a resumed fit starts
+    checkpoint_progress: Tuple[int, int] = (0, 0)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would load the hyper-parameters saved in --ckpt_path over the settings given here; what
@@ -71,6 +74,7 @@ class RobustCLI(LightningCLI):
         if checkpoint is None:
             return
         self.checkpoint_shapes = {name: tuple(value.shape) for name, value in checkpoint["state_dict"].items()}
+        self.checkpoint_progress = checkpoint_progress(checkpoint)
         if subcommand == "fit":
             check_resumable(ckpt_path, checkpoint.get("hyper_parameters") or {}, config["model"])
 
@@ -117,6 +121,39 @@ class RobustCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self.check_checkpoint()
+        self.check_trains_something()
+        # the callbacks' own checks against the trainer's settings, before the logger writes: their combination
+        # always, their schedules when the test after fit reports the run's result (a first part of a run to be
+        # resumed with more epochs, --test_after_fit false, is only warned about at setup)
+        tests = self.config_init[self.subcommand].get("test_after_fit", True)
+        for callback in self.trainer.callbacks:
+            if callable(getattr(callback, "check_callbacks", None)):
+                callback.check_callbacks(self.trainer)
+            if tests and callable(getattr(callback, "check_schedule", None)):
+                try:
+                    callback.check_schedule(self.trainer)
+                except ConfigurationError as error:
+                    raise ConfigurationError(f"{error} (For the first part of a run resumed later with a larger "
+                                             f"max_epochs, give --test_after_fit false.)") from None
+
+    def check_trains_something(self) -> None:
+        """Refuse a fit that would run no training step (``max_epochs=0``, ``max_steps=0``,
+        ``limit_train_batches=0``, or a resume of a run that already reached them) before anything is
+        written: its test would report untrained weights as the run's result. ``--allow_untrained true``
+        lets it run on purpose."""
+        if self.config_init[self.subcommand].get("allow_untrained"):
+            return
+        trainer, on_purpose = self.trainer, " (or --allow_untrained true to test these weights on purpose)"
+        for name, value in (("max_epochs", trainer.max_epochs), ("max_steps", trainer.max_steps),
+                            ("limit_train_batches", trainer.limit_train_batches)):
+            check(value != 0, f"trainer.{name}", value, f"above 0: a fit with {name}=0 trains nothing, and its "
+                  f"test would report untrained weights as the run's result{on_purpose}")
+        epochs, steps = self.checkpoint_progress
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        for name, done, limit in (("max_epochs", epochs, trainer.max_epochs), ("max_steps", steps, trainer.max_steps)):
+            check(limit is None or limit < 0 or done < limit, f"trainer.{name}", limit,
+                  f"above the {done} {name[4:]} that --ckpt_path {ckpt_path} has done: resuming a finished run "
+                  f"trains nothing, and its test would report them as this run's result again{on_purpose}")
 
     def _add_configure_optimizers_method_to_model(self, subcommand: Optional[str]) -> None:
         # LightningCLI builds the optimiser and scheduler here, once, to check them: a bad setting of theirs (a
@@ -155,6 +192,11 @@ class RobustCLI(LightningCLI):
     def after_fit(self) -> None:
         if not self.config_init[self.subcommand].get("test_after_fit", True) or self.trainer.interrupted:
             return
+        # what check_trains_something cannot know beforehand (an empty training loader): no optimizer step ran
+        check(self.trainer.global_step > self.checkpoint_progress[1]
+              or self.config_init[self.subcommand].get("allow_untrained"), "test_after_fit", True,
+              "false when the fit ran no training step (no test of untrained weights is reported as the run's "
+              "result; or --allow_untrained true to test them on purpose)")
         self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
         self.summarize()
 
@@ -317,6 +359,13 @@ def check_resumable(ckpt_path: str, saved: Dict[str, Any], model_config: Any) ->
     if changed:
         rank_zero_warn(f"Resuming from {ckpt_path} with settings of the model that differ from the checkpoint's "
                        f"(the ones given here are used): {'; '.join(changed)}.")
+
+
+def checkpoint_progress(checkpoint: Dict[str, Any]) -> Tuple[int, int]:
+    """The epochs (Lightning's ``epoch_progress.current.processed``) and optimizer steps a checkpoint had done."""
+    loops = checkpoint.get("loops") or {}
+    progress = (loops.get("fit_loop") or {}).get("epoch_progress") or {}
+    return int((progress.get("current") or {}).get("processed", 0)), int(checkpoint.get("global_step", 0))
 
 
 def namespace_to_dict(value: Any) -> Any:

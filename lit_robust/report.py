@@ -35,6 +35,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from lit_robust.errors import ConfigurationError, check, check_readable_file, one_line_error
+from lit_robust.trainer_checks import check_directory
+
 log = logging.getLogger(__name__)
 
 # (column title, metrics.json key). RErr after early stopping is the best held-out robust error
@@ -107,11 +110,20 @@ def read_scalars(path: str) -> Dict[str, List[Tuple[int, float]]]:
 
 def load_run(path: str) -> Run:
     """Read a run directory; a missing ``metrics.json`` is an error naming the directory."""
+    check(os.path.isdir(path), "run_dirs", path, "run directories written by train.py (with metrics.json)")
     metrics_path = os.path.join(path, "metrics.json")
     if not os.path.isfile(metrics_path):
         raise FileNotFoundError(f"{path}: no metrics.json (run `train.py test` for this run first)")
-    with open(metrics_path) as f:
-        metrics = json.load(f)
+    check_readable_file(metrics_path, "run_dirs", "run directories whose metrics.json this process can read")
+    try:
+        with open(metrics_path) as f:
+            metrics = json.load(f)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ConfigurationError(f"run_dirs={path!r} is not allowed: its metrics.json is not JSON "
+                                 f"({one_line_error(error)}); run_dirs must be run directories written by "
+                                 f"train.py.") from None
+    check(isinstance(metrics, dict), "run_dirs", path, "run directories whose metrics.json holds an object of "
+          "metrics (as train.py writes it)")
     return Run(name=run_label(path), path=path, metrics=metrics, curves=read_scalars(path))
 
 
@@ -366,6 +378,7 @@ def make_report(run_dirs: Sequence[str], out: str) -> Dict[str, object]:
     from torch.utils.tensorboard import SummaryWriter
 
     runs = [load_run(path) for path in run_dirs]
+    check_directory("out", out)
     os.makedirs(out, exist_ok=True)
     md_path, csv_path = write_tables(runs, out)
     measures_md, measures_csv = write_measure_tables(runs, out)
@@ -400,7 +413,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         summary = make_report(args.run_dirs, args.out)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ConfigurationError) as error:
         parser.exit(2, f"error: {error}\n")
     with open(summary["table_md"]) as f:
         log.info(f.read())
