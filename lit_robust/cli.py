@@ -26,6 +26,7 @@ from lit_robust.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from lit_robust.data.base import AdversarialDataModule
 from lit_robust.errors import ConfigurationError, check
 from lit_robust.modules.base import AdversarialModule
+from lit_robust.run_directory import restore, snapshot
 from lit_robust.trainer_checks import check_trainer
 
 TRAINER_DEFAULTS = {
@@ -96,6 +97,18 @@ class RobustCLI(LightningCLI):
         number, version = versions[-1]
         config["trainer"]["logger"]["init_args"]["version"] = number
         return os.path.join(runs, version, "checkpoints", "last.ckpt")
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        # a check that refuses the run after the logger has written (those of the first batch) leaves nothing
+        # behind: the log directories go back to what they held before
+        before = snapshot(log_dir for logger in self.trainer.loggers
+                          if isinstance(getattr(logger, "log_dir", None), str) for log_dir in [logger.log_dir])
+        try:
+            super()._run_subcommand(subcommand)
+        except ConfigurationError:
+            if self.trainer.global_rank == 0:
+                restore(before)
+            raise
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.config["subcommand"]] if self.config.get("subcommand") else self.config

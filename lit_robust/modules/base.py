@@ -291,7 +291,8 @@ class AdversarialModule(LightningModule):
     def check_network_fits_data(self, x: Optional[Tensor] = None) -> None:
         """Raise :class:`~lit_robust.errors.ConfigurationError` when the network does not fit the data: its
         output size (its ``num_classes``, which every network of :mod:`lit_robust.models` has) differs from
-        the data module's ``num_classes``; its input normalisation (:class:`~lit_robust.models.normalize.
+        the data module's ``num_classes``; its first convolution takes another number of channels than the
+        images ``x``; its input normalisation (:class:`~lit_robust.models.normalize.
         Normalize`) has another number of channels than the images ``x``; or its mean and standard
         deviation differ from those the data module states (``mean`` / ``std``). What a network or data
         module does not state is not checked."""
@@ -300,6 +301,11 @@ class AdversarialModule(LightningModule):
         if expected is not None and given is not None:
             check(int(given) == int(expected), "model.num_classes", given,
                   f"the data module's num_classes, {expected} ({type(datamodule).__name__})")
+        first_convolution = next((m for m in self.model.modules() if isinstance(m, nn.Conv2d)), None)
+        if first_convolution is not None and x is not None and x.dim() == 4:
+            check(first_convolution.in_channels == x.shape[1], "model.in_channels", first_convolution.in_channels,
+                  f"the number of channels of the images, {x.shape[1]} (the input channels of the network's first "
+                  f"convolution)")
         normalize = next((m for m in self.model.modules() if isinstance(m, Normalize)), None)
         if normalize is None:
             return
