@@ -134,11 +134,11 @@ class RobustCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self.check_checkpoint()
-        self.check_trains_something()
+        trains = self.check_trains_something()
         # the callbacks' own checks against the trainer's settings, before the logger writes: their combination
-        # always, their schedules when the test after fit reports the run's result (a first part of a run to be
+        # always, their schedules when the test after fit reports what the run trained (a first part of a run to be
         # resumed with more epochs, --test_after_fit false, is only warned about at setup)
-        tests = self.config_init[self.subcommand].get("test_after_fit", True)
+        tests = trains and self.config_init[self.subcommand].get("test_after_fit", True)
         for callback in self.trainer.callbacks:
             if callable(getattr(callback, "check_callbacks", None)):
                 callback.check_callbacks(self.trainer)
@@ -149,24 +149,26 @@ class RobustCLI(LightningCLI):
                     raise ConfigurationError(f"{error} (For the first part of a run resumed later with a larger "
                                              f"max_epochs, give --test_after_fit false.)") from None
 
-    def check_trains_something(self) -> None:
+    def check_trains_something(self) -> bool:
         """Refuse a fit that would run no training step (``max_epochs=0``, ``max_steps=0``,
         ``limit_train_batches=0``, or a resume of a run that already reached them) before anything is
         written: its test would report untrained weights as the run's result. ``--allow_untrained true``
-        lets it run on purpose."""
-        if self.config_init[self.subcommand].get("allow_untrained"):
-            return
-        trainer, on_purpose = self.trainer, " (or --allow_untrained true to test these weights on purpose)"
-        for name, value in (("max_epochs", trainer.max_epochs), ("max_steps", trainer.max_steps),
-                            ("limit_train_batches", trainer.limit_train_batches)):
-            check(value != 0, f"trainer.{name}", value, f"above 0: a fit with {name}=0 trains nothing, and its "
-                  f"test would report untrained weights as the run's result{on_purpose}")
+        lets it run on purpose; returns whether the fit trains."""
+        trainer, config = self.trainer, self.config_init[self.subcommand]
         epochs, steps = self.checkpoint_progress
-        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
-        for name, done, limit in (("max_epochs", epochs, trainer.max_epochs), ("max_steps", steps, trainer.max_steps)):
-            check(limit is None or limit < 0 or done < limit, f"trainer.{name}", limit,
-                  f"above the {done} {name[4:]} that --ckpt_path {ckpt_path} has done: resuming a finished run "
-                  f"trains nothing, and its test would report them as this run's result again{on_purpose}")
+        problems = [(f"trainer.{name}", value, f"above 0: a fit with {name}=0 trains nothing")
+                    for name, value in (("max_epochs", trainer.max_epochs), ("max_steps", trainer.max_steps),
+                                        ("limit_train_batches", trainer.limit_train_batches)) if value == 0]
+        problems += [(f"trainer.{name}", limit, f"above the {done} {name[4:]} that --ckpt_path "
+                      f"{config.get('ckpt_path')} has done: resuming a finished run trains nothing")
+                     for name, done, limit in (("max_epochs", epochs, trainer.max_epochs),
+                                               ("max_steps", steps, trainer.max_steps))
+                     if limit is not None and 0 < limit <= done]
+        if problems and not config.get("allow_untrained"):
+            setting, value, allowed = problems[0]
+            check(False, setting, value, f"{allowed}, and its test would report untrained weights as the run's "
+                  f"result (or --allow_untrained true to test these weights on purpose)")
+        return not problems
 
     def _add_configure_optimizers_method_to_model(self, subcommand: Optional[str]) -> None:
         # LightningCLI builds the optimiser and scheduler here, once, to check them: a bad setting of theirs (a
