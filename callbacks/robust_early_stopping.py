@@ -57,6 +57,10 @@ class RobustEarlyStopping(Callback):
     ModelCheckpoint's files by default; ``ModelCheckpoint(monitor="early_stopping/rerr")`` works
     as well. Every decision is combined across processes.
 
+    Under ``ddp_spawn`` the fit runs on copies of the callbacks in spawned processes; this state comes back to
+    the calling process only with :func:`lit_robust.spawn_results.keep_callback_states` (``train.py`` calls it),
+    without which a later ``trainer.test`` would log none of it.
+
     Args:
         every_n_epochs: evaluate after every this many epochs (the paper: 5); a multiple of the
             trainer's ``check_val_every_n_epoch``, as the evaluation runs with validation.

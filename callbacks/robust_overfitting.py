@@ -30,6 +30,10 @@ class RobustOverfitting(Callback):
     ``robust_overfitting/final_rloss``, ``robust_overfitting/rise`` (a fraction: 0.3 is +30%) and
     ``robust_overfitting/train_rloss``, so that they reach ``metrics.json``.
 
+    Under ``ddp_spawn`` the fit runs on copies of the callbacks in spawned processes; this state comes back to
+    the calling process only with :func:`lit_robust.spawn_results.keep_callback_states` (``train.py`` calls it),
+    without which a later ``trainer.test`` would log none of it.
+
     Args:
         threshold: the rise (a fraction of the minimum) above which the summary calls the run
             robustly overfit.

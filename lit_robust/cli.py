@@ -27,6 +27,7 @@ from lit_robust.data.base import AdversarialDataModule
 from lit_robust.errors import ConfigurationError, check
 from lit_robust.modules.base import AdversarialModule
 from lit_robust.run_directory import restore, snapshot
+from lit_robust.spawn_results import keep_callback_states
 from lit_robust.trainer_checks import check_trainer
 
 TRAINER_DEFAULTS = {
@@ -126,6 +127,7 @@ class RobustCLI(LightningCLI):
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.save_last is None:
                 callback.save_last = True  # every run can be resumed with --ckpt_path last
+        keep_callback_states(self.trainer)  # under ddp_spawn, the test after fit sees what the callbacks recorded
         if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if isinstance(network, dict) and isinstance(self.model, AdversarialModule):
