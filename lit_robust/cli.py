@@ -54,8 +54,8 @@ class RobustCLI(LightningCLI):
                                  "and fit test and report weights it did not train (a fit that trains nothing).")
 
     checkpoint_shapes: Optional[Dict[str, tuple]] = None
-    # the epochs and optimizer steps the --ckpt_path checkpoint had done: where a resumed fit starts
-    checkpoint_progress: Tuple[int, int] = (0, 0)
+    # the epochs, optimizer steps and training batches the --ckpt_path checkpoint had done: where a resumed fit starts
+    checkpoint_progress: Tuple[int, int, int] = (0, 0, 0)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would load the hyper-parameters saved in --ckpt_path over the settings given here; what
@@ -157,7 +157,7 @@ class RobustCLI(LightningCLI):
         written: its test would report untrained weights as the run's result. ``--allow_untrained true``
         lets it run on purpose; returns whether the fit trains."""
         trainer, config = self.trainer, self.config_init[self.subcommand]
-        epochs, steps = self.checkpoint_progress
+        epochs, steps, _ = self.checkpoint_progress
         problems = [(f"trainer.{name}", value, f"above 0: a fit with {name}=0 trains nothing")
                     for name, value in (("max_epochs", trainer.max_epochs), ("max_steps", trainer.max_steps),
                                         ("limit_train_batches", trainer.limit_train_batches)) if value == 0]
@@ -209,8 +209,9 @@ class RobustCLI(LightningCLI):
     def after_fit(self) -> None:
         if not self.config_init[self.subcommand].get("test_after_fit", True) or self.trainer.interrupted:
             return
-        # what check_trains_something cannot know beforehand (an empty training loader): no optimizer step ran
-        check(self.trainer.global_step > self.checkpoint_progress[1]
+        # what check_trains_something cannot know beforehand (an empty training loader): no training batch ran
+        batches = self.trainer.fit_loop.epoch_loop.batch_progress.total.completed
+        check(batches > self.checkpoint_progress[2]
               or self.config_init[self.subcommand].get("allow_untrained"), "test_after_fit", True,
               "false when the fit ran no training step (no test of untrained weights is reported as the run's "
               "result; or --allow_untrained true to test them on purpose)")
@@ -378,11 +379,13 @@ def check_resumable(ckpt_path: str, saved: Dict[str, Any], model_config: Any) ->
                        f"(the ones given here are used): {'; '.join(changed)}.")
 
 
-def checkpoint_progress(checkpoint: Dict[str, Any]) -> Tuple[int, int]:
-    """The epochs (Lightning's ``epoch_progress.current.processed``) and optimizer steps a checkpoint had done."""
-    loops = checkpoint.get("loops") or {}
-    progress = (loops.get("fit_loop") or {}).get("epoch_progress") or {}
-    return int((progress.get("current") or {}).get("processed", 0)), int(checkpoint.get("global_step", 0))
+def checkpoint_progress(checkpoint: Dict[str, Any]) -> Tuple[int, int, int]:
+    """The epochs (Lightning's ``epoch_progress.current.processed``), optimizer steps and training batches
+    (``epoch_loop.batch_progress.total.completed``) a checkpoint had done."""
+    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs = ((loop.get("epoch_progress") or {}).get("current") or {}).get("processed", 0)
+    batches = ((loop.get("epoch_loop.batch_progress") or {}).get("total") or {}).get("completed", 0)
+    return int(epochs), int(checkpoint.get("global_step", 0)), int(batches)
 
 
 def namespace_to_dict(value: Any) -> Any:

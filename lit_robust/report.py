@@ -110,7 +110,8 @@ def read_scalars(path: str) -> Dict[str, List[Tuple[int, float]]]:
 
 def load_run(path: str) -> Run:
     """Read a run directory; a missing ``metrics.json`` is an error naming the directory."""
-    check(os.path.isdir(path), "run_dirs", path, "run directories written by train.py (with metrics.json)")
+    check(not os.path.exists(path) or os.path.isdir(path), "run_dirs", path,
+          "run directories written by train.py (with metrics.json)")
     metrics_path = os.path.join(path, "metrics.json")
     if not os.path.isfile(metrics_path):
         raise FileNotFoundError(f"{path}: no metrics.json (run `train.py test` for this run first)")
