@@ -82,6 +82,10 @@ def not_yaml(directory):
 
 CALLBACK = "--trainer.callbacks+=lit_robust.callbacks.{}"
 NETWORK = "--model.init_args.model.init_args.{}"
+# the digits AT recipe for two epochs of one batch, a short test
+SHORT = ["--config", AT, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "1",
+         "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", "--model.init_args.test_steps", "1",
+         "--model.init_args.test_restarts", "1", "--data.init_args.train_eval_size", "25"]
 # (setting the message must name, arguments after "fit", a function making a file the arguments name)
 TABLE = [
     ("epsilon", ["--config", AT, "--model.init_args.epsilon", "-0.1"], None),
@@ -186,31 +190,28 @@ TABLE = [
     ("trainer.max_steps", ["--config", AT, "--trainer.max_epochs", "200", "--trainer.max_steps", "1200",
                            "--ckpt_path", "{file}"],
      finished_checkpoint),
-    # a callback that would never act in this run
-    ("swa_start", ["--config", AT, CALLBACK.format("StochasticWeightAveraging"), "--trainer.callbacks.swa_start",
-                   "150"], None),
-    ("swa_start", ["--config", AT, "--trainer.max_epochs", "3", CALLBACK.format("StochasticWeightAveraging"),
-                   "--trainer.callbacks.swa_start", "5"], None),
-    ("every_n_epochs", ["--config", AT, CALLBACK.format("RobustEarlyStopping"), "--trainer.callbacks.every_n_epochs",
-                        "151"], None),
-    ("every_n_epochs", ["--config", AT, "--trainer.max_epochs", "10", "--trainer.check_val_every_n_epoch", "3",
-                        CALLBACK.format("RobustEarlyStopping"), "--trainer.callbacks.every_n_epochs", "4"], None),
-    ("trainer.limit_val_batches", ["--config", AT, "--trainer.limit_val_batches", "0"], None),
-    ("trainer.check_val_every_n_epoch", ["--config", AT, "--trainer.check_val_every_n_epoch", "151"], None),
-    ("every_n_epochs", ["--config", AT, CALLBACK.format("FlatnessMonitor"), "--trainer.callbacks.every_n_epochs",
-                        "151"], None),
-    ("every_n_epochs", ["--config", AT, CALLBACK.format("LandscapeMonitor"), "--trainer.callbacks.every_n_epochs",
-                        "200"], None),
-    ("every_n_epochs", ["--config", AT, CALLBACK.format("FlatnessMonitor"), "--trainer.callbacks.every_n_epochs",
-                        "0", "--trainer.callbacks.on_test", "false"], None),
+    # a callback that would never act in this run (SHORT: where it is not refused, the run is short)
+    ("swa_start", SHORT + [CALLBACK.format("StochasticWeightAveraging"), "--trainer.callbacks.swa_start", "2"], None),
+    ("swa_start", SHORT + [CALLBACK.format("StochasticWeightAveraging"), "--trainer.callbacks.swa_start", "5"], None),
+    ("every_n_epochs", SHORT + [CALLBACK.format("RobustEarlyStopping"), "--trainer.callbacks.every_n_epochs", "3"],
+     None),
+    ("every_n_epochs", SHORT + ["--trainer.max_epochs", "4", "--trainer.check_val_every_n_epoch", "3",
+                                CALLBACK.format("RobustEarlyStopping"), "--trainer.callbacks.every_n_epochs", "2"],
+     None),
+    ("trainer.limit_val_batches", SHORT + ["--trainer.limit_val_batches", "0"], None),
+    ("trainer.check_val_every_n_epoch", SHORT + ["--trainer.check_val_every_n_epoch", "3"], None),
+    ("every_n_epochs", SHORT + [CALLBACK.format("FlatnessMonitor"), "--trainer.callbacks.every_n_epochs", "3"], None),
+    ("every_n_epochs", SHORT + [CALLBACK.format("LandscapeMonitor"), "--trainer.callbacks.every_n_epochs", "3"], None),
+    ("every_n_epochs", SHORT + [CALLBACK.format("FlatnessMonitor"), "--trainer.callbacks.every_n_epochs", "0",
+                                "--trainer.callbacks.on_test", "false"], None),
     # two callbacks that swap averaged weights in
-    ("trainer.callbacks", ["--config", AT, CALLBACK.format("WeightAveraging"),
-                           CALLBACK.format("StochasticWeightAveraging"), "--trainer.callbacks.swa_start", "5"], None),
-    ("trainer.callbacks", ["--config", AT, CALLBACK.format("WeightAveraging"), CALLBACK.format("WeightAveraging"),
-                           "--trainer.callbacks.decay", "0.9"], None),
-    ("trainer.callbacks", ["--config", AT, CALLBACK.format("StochasticWeightAveraging"),
-                           "--trainer.callbacks+=pytorch_lightning.callbacks.StochasticWeightAveraging",
-                           "--trainer.callbacks.swa_lrs", "0.01"], None),
+    ("trainer.callbacks", SHORT + [CALLBACK.format("WeightAveraging"), CALLBACK.format("StochasticWeightAveraging"),
+                                   "--trainer.callbacks.swa_start", "0"], None),
+    ("trainer.callbacks", SHORT + [CALLBACK.format("WeightAveraging"), CALLBACK.format("WeightAveraging"),
+                                   "--trainer.callbacks.decay", "0.9"], None),
+    ("trainer.callbacks", SHORT + [CALLBACK.format("StochasticWeightAveraging"), "--trainer.callbacks.swa_start", "0",
+                                   "--trainer.callbacks+=pytorch_lightning.callbacks.StochasticWeightAveraging",
+                                   "--trainer.callbacks.swa_lrs", "0.01"], None),
     # the first batch's checks (the network against the data, the input range), after the logger was created
     ("model.mean", ["--config", AT, NETWORK.format("mean"), "[0.5, 0.5, 0.5]"], None),
     ("model.mean", ["--config", AT, NETWORK.format("mean"), "[0.2]"], None),

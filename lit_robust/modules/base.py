@@ -425,6 +425,8 @@ class AdversarialModule(LightningModule):
         else:
             module, _, name = named.rpartition(".")
             target = getattr(sys.modules.get(module), name, None)  # only what is imported: no code from a file
+            if target is None and name == cls.__qualname__:
+                target = cls  # a class of a script (__main__) loaded where it is imported from a module
             check(isinstance(target, type) and issubclass(target, cls), "checkpoint_path", str(checkpoint_path),
                   f"a checkpoint of {class_path(cls)} or of a subclass of it; it names {named}"
                   + ("" if isinstance(target, type) else " (not imported)"))
