@@ -142,3 +142,16 @@ def test_a_refused_run_leaves_its_directories_as_they_were(tmp_path):
     assert sorted(os.listdir(run)) == ["checkpoints", "config.yaml"]
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == b"weights"
     assert not (tmp_path / "fresh").exists()
+
+
+def test_a_first_part_of_a_run_may_stop_before_swa_starts(tmp_path):
+    """train.py refuses swa_start beyond max_epochs when it tests after fit (bad-input table); without the test
+    (a first part, resumed later with more epochs) it warns and trains."""
+    arguments = ["fit", "--config", AT, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+                 "--trainer.limit_val_batches", "1",
+                 "--trainer.callbacks+=lit_robust.callbacks.StochasticWeightAveraging",
+                 "--trainer.callbacks.swa_start", "3", "--test_after_fit", "false"] + FAST
+    with pytest.warns(UserWarning, match="swa_start=3: .* It acts only if this run is resumed"):
+        assert run_train(arguments, cwd=str(tmp_path)) == 0
+    run = tmp_path / "logs" / "digits_at" / "version_0"
+    assert (run / "checkpoints" / "last.ckpt").exists() and not (run / "metrics.json").exists()
