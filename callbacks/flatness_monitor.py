@@ -194,6 +194,7 @@ class FlatnessMonitor(ScheduledMeasurement):
 
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         network_of(pl_module, self.network, "FlatnessMonitor")
         if any(m.robust for m in self._built["test"]) or isinstance(getattr(pl_module, "threat_model", None),
                                                                     ThreatModel):

@@ -132,6 +132,7 @@ class LandscapeMonitor(ScheduledMeasurement):
 
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         network_of(pl_module, self.network, "LandscapeMonitor")
         if self.loss == "rloss":
             self._threat_model = threat_model_for(pl_module, self.epsilon, self.step_size, self.norm,

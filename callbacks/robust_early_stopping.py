@@ -15,6 +15,12 @@ from typing_extensions import override
 
 from lit_robust.attacks import PGD, Norm
 from lit_robust.batches import DEFAULT_BATCH_KEYS, inputs_and_targets
+from lit_robust.callback_schedule import (
+    check_epoch_reached,
+    check_validation_runs,
+    first_common_epoch,
+    warn_unless_scheduled,
+)
 from lit_robust.errors import check, check_choice
 from lit_robust.evaluation import clean_and_robust
 from lit_robust.module_contract import NetworkSetting, network_of, threat_model_for
@@ -61,6 +67,10 @@ class RobustEarlyStopping(Callback):
     weights with ``trainer.save_checkpoint`` to ``<dirpath>/<filename>.ckpt``, next to
     ModelCheckpoint's files by default; ``ModelCheckpoint(monitor="early_stopping/rerr")`` works
     as well. Every decision is combined across processes.
+
+    Under ``ddp_spawn`` the fit runs on copies of the callbacks in spawned processes; this state comes back to
+    the calling process only with :func:`lit_robust.spawn_results.keep_callback_states` (``train.py`` calls it),
+    without which a later ``trainer.test`` would log none of it.
 
     Args:
         every_n_epochs: evaluate after every this many epochs (the paper: 5); a multiple of the
@@ -124,10 +134,20 @@ class RobustEarlyStopping(Callback):
                                         epsilon=self.epsilon, step_size=self.step_size, norm=self.norm,
                                         filename=self.filename)
 
+    def check_schedule(self, trainer: "pl.Trainer") -> None:
+        """Refuse a fit in which this callback would never evaluate: without validation, or with its first
+        evaluation (the first epoch that is a multiple of both ``every_n_epochs`` and the trainer's
+        ``check_val_every_n_epoch``) after ``max_epochs`` (see :mod:`lit_robust.callback_schedule`)."""
+        every_validation = check_validation_runs(trainer, "RobustEarlyStopping", "evaluates")
+        check_epoch_reached(trainer, "every_n_epochs", self.every_n_epochs,
+                            first_common_epoch(self.every_n_epochs, every_validation), "RobustEarlyStopping",
+                            "evaluates")
+
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
+        warn_unless_scheduled(self, trainer)
         threat_model = threat_model_for(pl_module, self.epsilon, self.step_size, self.norm, "RobustEarlyStopping")
         network_of(pl_module, self.network, "RobustEarlyStopping")
         self.attack = PGD(threat_model.epsilon, threat_model.step_size, self.steps, restarts=self.restarts,

@@ -9,6 +9,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
+from lit_robust.callback_schedule import check_validation_runs, warn_unless_scheduled
 from lit_robust.errors import check
 
 
@@ -33,6 +34,10 @@ class RobustOverfitting(Callback):
     training (``self.log("train/rloss", ..., on_epoch=True)``), as every ``AdversarialModule`` does; when
     either is missing once a training epoch and a validation have run, the callback warns once naming it.
 
+    Under ``ddp_spawn`` the fit runs on copies of the callbacks in spawned processes; this state comes back to
+    the calling process only with :func:`lit_robust.spawn_results.keep_callback_states` (``train.py`` calls it),
+    without which a later ``trainer.test`` would log none of it.
+
     Args:
         threshold: the rise (a fraction of the minimum) above which the summary calls the run
             robustly overfit.
@@ -52,6 +57,16 @@ class RobustOverfitting(Callback):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(threshold=self.threshold)
+
+    def check_schedule(self, trainer: "pl.Trainer") -> None:
+        """Refuse a fit without validation, where nothing would be recorded (see
+        :mod:`lit_robust.callback_schedule`)."""
+        check_validation_runs(trainer, "RobustOverfitting", "records the held-out robust loss")
+
+    @override
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if stage == "fit":
+            warn_unless_scheduled(self, trainer)
 
     def _record_train_rloss(self, trainer: "pl.Trainer") -> None:
         # the epoch mean of train/rloss reaches callback_metrics after on_train_epoch_end: read it one hook later

@@ -7,6 +7,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
+from lit_robust.callback_schedule import check_epoch_reached, warn_unless_scheduled
 from lit_robust.errors import check
 
 
@@ -28,9 +29,23 @@ class ScheduledMeasurement(Callback, ABC):
     def __init__(self, every_n_epochs: int, on_test: bool) -> None:
         check(isinstance(every_n_epochs, int) and every_n_epochs >= 0, "every_n_epochs", every_n_epochs,
               "an integer >= 0 (0: only on test)")
+        check(every_n_epochs > 0 or on_test, "every_n_epochs", every_n_epochs,
+              "an integer >= 1 when on_test is false (with both off nothing would ever be measured)")
         self.every_n_epochs = every_n_epochs
         self.on_test = on_test
         self._measured_epoch = -1
+
+    def check_schedule(self, trainer: "pl.Trainer") -> None:
+        """Refuse an ``every_n_epochs`` above the trainer's ``max_epochs``: the measurement during fit would never
+        run (see :mod:`lit_robust.callback_schedule`)."""
+        if self.every_n_epochs > 0:
+            check_epoch_reached(trainer, "every_n_epochs", self.every_n_epochs, self.every_n_epochs,
+                                type(self).__name__, "measures")
+
+    @override
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if stage == "fit":
+            warn_unless_scheduled(self, trainer)
 
     @abstractmethod
     def _measure(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:

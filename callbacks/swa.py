@@ -9,6 +9,7 @@ from torch.optim.swa_utils import update_bn
 from typing_extensions import override
 
 from lit_robust.batches import DEFAULT_BATCH_KEYS, inputs_and_targets
+from lit_robust.callback_schedule import check_epoch_reached, warn_unless_scheduled
 from lit_robust.errors import check
 
 from .weight_averaging import AveragedWeightsInValidation
@@ -67,6 +68,11 @@ class StochasticWeightAveraging(AveragedWeightsInValidation):
     In DDP every process holds the same weights and averages them identically; the recomputed
     batch-normalisation statistics (each process sees its shard) are averaged across processes.
 
+    ``swa_start`` must be below the trainer's ``max_epochs`` (see :mod:`lit_robust.callback_schedule`: refused by
+    ``train.py``, warned about at setup otherwise), and SWA runs without
+    :class:`~lit_robust.callbacks.weight_averaging.WeightAveraging` (see
+    :class:`~lit_robust.callbacks.weight_averaging.AveragedWeightsInValidation`).
+
     Args:
         swa_start: first epoch (0-based) whose final weights are collected (55 in the official code).
         cycle_epochs: collect every this many epochs (c of Izmailov et al.; 1 in the official code).
@@ -84,6 +90,18 @@ class StochasticWeightAveraging(AveragedWeightsInValidation):
         self.swa_start = swa_start
         self.cycle_epochs = cycle_epochs
         self.update_bn = update_bn
+
+    def check_schedule(self, trainer: "pl.Trainer") -> None:
+        """Refuse a ``swa_start`` at or after the last epoch: nothing would be collected, and the run would test
+        the plain weights under SWA's name (see :mod:`lit_robust.callback_schedule`)."""
+        check_epoch_reached(trainer, "swa_start", self.swa_start, self.swa_start + 1, "StochasticWeightAveraging",
+                            "collects weights")
+
+    @override
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            warn_unless_scheduled(self, trainer)
 
     @property
     def num_averaged(self) -> int:

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import StochasticWeightAveraging as LightningStochasticWeightAveraging
 from pytorch_lightning.callbacks import WeightAveraging as LightningWeightAveraging
 from torch import Tensor
 from typing_extensions import override
@@ -48,11 +49,31 @@ class AveragedWeightsInValidation(LightningWeightAveraging):
     during validation (held-out early stopping, flatness) sees the averaged weights whatever its place
     in the callback list; checkpoints written in between still hold the averaged weights in
     ``state_dict``. Subclasses choose the average (EMA, SWA) and when it is updated.
+
+    Only one callback that swaps averaged weights in (this one, another of its kind, or one of Lightning's
+    weight-averaging callbacks) may run in a fit: with two, which weights validation, test and the checkpoints
+    hold would depend on the order of their hooks, so :meth:`check_callbacks` refuses the combination.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._swapped = False
+
+    def check_callbacks(self, trainer: "pl.Trainer") -> None:
+        """Raise :class:`~lit_robust.errors.ConfigurationError` when another weight-averaging callback runs in
+        ``trainer`` (run in :meth:`setup`, and by ``train.py`` before anything is written)."""
+        averaging = (LightningWeightAveraging, LightningStochasticWeightAveraging)
+        others = [type(c).__name__ for c in trainer.callbacks if c is not self and isinstance(c, averaging)]
+        check(not others, "trainer.callbacks", [type(self).__name__] + others,
+              "at most one weight-averaging callback (WeightAveraging, StochasticWeightAveraging or Lightning's): "
+              "each swaps its averaged weights in for validation, test and checkpoints, so with two the weights "
+              "measured would be undefined")
+
+    @override
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if stage == "fit":
+            self.check_callbacks(trainer)
+        super().setup(trainer, pl_module, stage)
 
     @override
     def on_validation_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:

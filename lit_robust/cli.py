@@ -9,7 +9,7 @@ import re
 import sys
 import traceback
 import zipfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from jsonargparse import Namespace
@@ -26,6 +26,8 @@ from lit_robust.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from lit_robust.data.base import AdversarialDataModule
 from lit_robust.errors import ConfigurationError, check
 from lit_robust.modules.base import AdversarialModule
+from lit_robust.run_directory import restore, snapshot
+from lit_robust.spawn_results import keep_callback_states
 from lit_robust.trainer_checks import check_trainer
 
 TRAINER_DEFAULTS = {
@@ -48,9 +50,12 @@ class RobustCLI(LightningCLI):
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="After fit, test the final weights on the evaluation split and write metrics.json.")
         parser.add_argument("--allow_untrained", type=bool, default=False,
-                            help="Let test, validate and predict run without --ckpt_path, on untrained weights.")
+                            help="Let test, validate and predict run without --ckpt_path, on untrained weights, "
+                                 "and fit test and report weights it did not train (a fit that trains nothing).")
 
     checkpoint_shapes: Optional[Dict[str, tuple]] = None
+    # the epochs, optimizer steps and training batches the --ckpt_path checkpoint had done: where a resumed fit starts
+    checkpoint_progress: Tuple[int, int, int] = (0, 0, 0)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would load the hyper-parameters saved in --ckpt_path over the settings given here; what
@@ -71,6 +76,7 @@ class RobustCLI(LightningCLI):
         if checkpoint is None:
             return
         self.checkpoint_shapes = {name: tuple(value.shape) for name, value in checkpoint["state_dict"].items()}
+        self.checkpoint_progress = checkpoint_progress(checkpoint)
         if subcommand == "fit":
             check_resumable(ckpt_path, checkpoint.get("hyper_parameters") or {}, config["model"])
 
@@ -93,6 +99,18 @@ class RobustCLI(LightningCLI):
         config["trainer"]["logger"]["init_args"]["version"] = number
         return os.path.join(runs, version, "checkpoints", "last.ckpt")
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        # a check that refuses the run after the logger has written (those of the first batch) leaves nothing
+        # behind: the log directories go back to what they held before
+        before = snapshot(log_dir for logger in self.trainer.loggers
+                          if isinstance(getattr(logger, "log_dir", None), str) for log_dir in [logger.log_dir])
+        try:
+            super()._run_subcommand(subcommand)
+        except ConfigurationError:
+            if self.trainer.global_rank == 0:
+                restore(before)
+            raise
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.config["subcommand"]] if self.config.get("subcommand") else self.config
         check_trainer(namespace_to_dict(config["trainer"]))
@@ -109,6 +127,7 @@ class RobustCLI(LightningCLI):
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.save_last is None:
                 callback.save_last = True  # every run can be resumed with --ckpt_path last
+        keep_callback_states(self.trainer)  # under ddp_spawn, the test after fit sees what the callbacks recorded
         if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if isinstance(network, dict) and isinstance(self.model, AdversarialModule):
@@ -117,6 +136,41 @@ class RobustCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self.check_checkpoint()
+        trains = self.check_trains_something()
+        # the callbacks' own checks against the trainer's settings, before the logger writes: their combination
+        # always, their schedules when the test after fit reports what the run trained (a first part of a run to be
+        # resumed with more epochs, --test_after_fit false, is only warned about at setup)
+        tests = trains and self.config_init[self.subcommand].get("test_after_fit", True)
+        for callback in self.trainer.callbacks:
+            if callable(getattr(callback, "check_callbacks", None)):
+                callback.check_callbacks(self.trainer)
+            if tests and callable(getattr(callback, "check_schedule", None)):
+                try:
+                    callback.check_schedule(self.trainer)
+                except ConfigurationError as error:
+                    raise ConfigurationError(f"{error} (For the first part of a run resumed later with a larger "
+                                             f"max_epochs, give --test_after_fit false.)") from None
+
+    def check_trains_something(self) -> bool:
+        """Refuse a fit that would run no training step (``max_epochs=0``, ``max_steps=0``,
+        ``limit_train_batches=0``, or a resume of a run that already reached them) before anything is
+        written: its test would report untrained weights as the run's result. ``--allow_untrained true``
+        lets it run on purpose; returns whether the fit trains."""
+        trainer, config = self.trainer, self.config_init[self.subcommand]
+        epochs, steps, _ = self.checkpoint_progress
+        problems = [(f"trainer.{name}", value, f"above 0: a fit with {name}=0 trains nothing")
+                    for name, value in (("max_epochs", trainer.max_epochs), ("max_steps", trainer.max_steps),
+                                        ("limit_train_batches", trainer.limit_train_batches)) if value == 0]
+        problems += [(f"trainer.{name}", limit, f"above the {done} {name[4:]} that --ckpt_path "
+                      f"{config.get('ckpt_path')} has done: resuming a finished run trains nothing")
+                     for name, done, limit in (("max_epochs", epochs, trainer.max_epochs),
+                                               ("max_steps", steps, trainer.max_steps))
+                     if limit is not None and 0 < limit <= done]
+        if problems and not config.get("allow_untrained"):
+            setting, value, allowed = problems[0]
+            check(False, setting, value, f"{allowed}, and its test would report untrained weights as the run's "
+                  f"result (or --allow_untrained true to test these weights on purpose)")
+        return not problems
 
     def _add_configure_optimizers_method_to_model(self, subcommand: Optional[str]) -> None:
         # LightningCLI builds the optimiser and scheduler here, once, to check them: a bad setting of theirs (a
@@ -155,6 +209,12 @@ class RobustCLI(LightningCLI):
     def after_fit(self) -> None:
         if not self.config_init[self.subcommand].get("test_after_fit", True) or self.trainer.interrupted:
             return
+        # what check_trains_something cannot know beforehand (an empty training loader): no training batch ran
+        batches = self.trainer.fit_loop.epoch_loop.batch_progress.total.completed
+        check(batches > self.checkpoint_progress[2]
+              or self.config_init[self.subcommand].get("allow_untrained"), "test_after_fit", True,
+              "false when the fit ran no training step (no test of untrained weights is reported as the run's "
+              "result; or --allow_untrained true to test them on purpose)")
         self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
         self.summarize()
 
@@ -317,6 +377,15 @@ def check_resumable(ckpt_path: str, saved: Dict[str, Any], model_config: Any) ->
     if changed:
         rank_zero_warn(f"Resuming from {ckpt_path} with settings of the model that differ from the checkpoint's "
                        f"(the ones given here are used): {'; '.join(changed)}.")
+
+
+def checkpoint_progress(checkpoint: Dict[str, Any]) -> Tuple[int, int, int]:
+    """The epochs (Lightning's ``epoch_progress.current.processed``), optimizer steps and training batches
+    (``epoch_loop.batch_progress.total.completed``) a checkpoint had done."""
+    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs = ((loop.get("epoch_progress") or {}).get("current") or {}).get("processed", 0)
+    batches = ((loop.get("epoch_loop.batch_progress") or {}).get("total") or {}).get("completed", 0)
+    return int(epochs), int(checkpoint.get("global_step", 0)), int(batches)
 
 
 def namespace_to_dict(value: Any) -> Any:

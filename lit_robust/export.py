@@ -8,13 +8,14 @@ RobustEarlyStopping's checkpoint (``checkpoints/early_stopping.ckpt``)."""
 
 import argparse
 import logging
+import os
 import sys
 from typing import Dict, Literal, Optional
 
 import torch
 from torch import Tensor
 
-from lit_robust.errors import ConfigurationError, check
+from lit_robust.errors import ConfigurationError, check, check_readable_file
 
 log = logging.getLogger(__name__)
 PREFIX = "model."
@@ -27,6 +28,7 @@ def network_weights(ckpt_path: str, weights: Weights = "saved") -> Dict[str, Ten
     """The tensors of the network (``AdversarialModule.model``) in Lightning checkpoint ``ckpt_path``, by their
     names inside the network: those of its ``state_dict`` (``"saved"``: the average where weights were
     averaged) or of its ``current_model_state`` (``"current"``: the weights training had reached)."""
+    check_readable_file(ckpt_path, "ckpt_path", "a checkpoint file written by train.py or a Lightning Trainer")
     try:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception as error:  # whatever the reason, the file is not a checkpoint to export
@@ -47,6 +49,9 @@ def export(ckpt_path: str, out: str, which: Weights = "saved") -> Dict[str, Tens
     """Write the network's weights of ``ckpt_path`` (``which``: see :func:`network_weights`) to ``out``;
     returns them."""
     weights = network_weights(ckpt_path, which)
+    directory = os.path.dirname(os.path.abspath(out))
+    check(not os.path.isdir(out) and os.path.isdir(directory) and os.access(directory, os.W_OK), "out", out,
+          "a file to write in an existing, writable directory")
     torch.save(weights, out)
     log.info("%d tensors of the network written to %s", len(weights), out)
     return weights

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from lit_robust.errors import ConfigurationError
+from lit_robust.errors import ConfigurationError, check, check_readable_file, one_line_error
 from lit_robust.statistics import (
     KINDS,
     Estimate,
@@ -50,6 +50,7 @@ from lit_robust.statistics import (
     resolve_axes,
     varying_hyperparameters,
 )
+from lit_robust.trainer_checks import check_directory
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +125,23 @@ def read_scalars(path: str) -> Dict[str, List[Tuple[int, float]]]:
 
 def load_run(path: str) -> RunResults:
     """Read a run directory; a missing ``metrics.json`` is an error naming the directory."""
+    check(not os.path.exists(path) or os.path.isdir(path), "run_dirs", path,
+          "run directories written by train.py (with metrics.json)")
     metrics_path = os.path.join(path, "metrics.json")
     if not os.path.isfile(metrics_path):
         raise FileNotFoundError(f"{path}: no metrics.json (run `train.py test` for this run first)")
-    with open(metrics_path) as f:
-        metrics = json.load(f)
+    check_readable_file(metrics_path, "run_dirs", "run directories whose metrics.json this process can read")
+    try:
+        with open(metrics_path) as f:
+            metrics = json.load(f)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ConfigurationError(f"run_dirs={path!r} is not allowed: its metrics.json is not JSON "
+                                 f"({one_line_error(error)}); run_dirs must be run directories written by "
+                                 f"train.py.") from None
+    check(isinstance(metrics, dict), "run_dirs", path, "run directories whose metrics.json holds an object of "
+          "metrics (as train.py writes it)")
     return RunResults(name=run_label(path), path=path, metrics=metrics, curves=read_scalars(path))
+
 
 
 def _format(value: float, key: str = "") -> str:
@@ -511,6 +523,7 @@ def make_report(run_dirs: Sequence[str], out: str, axes: Optional[Sequence[str]]
 
     check_bootstrap(resamples, confidence)
     runs = [load_run(path) for path in run_dirs]
+    check_directory("out", out)
     models = measured_models(runs)
     if axes is not None:
         axes = resolve_axes(axes, [model.hyperparameters for model in models])

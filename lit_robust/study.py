@@ -39,6 +39,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import submitit
 import yaml
 
+from lit_robust.errors import check_readable_file, one_line_error
 from lit_robust.report import make_report
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,13 @@ class Run:
 
 def load_study(path: str) -> Dict:
     """Read and check a study file; errors name the file and the entry."""
-    with open(path) as f:
-        study = yaml.safe_load(f)
+    check_readable_file(path, "study", "a study file (YAML with 'runs')")
+    try:
+        with open(path) as f:
+            study = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ValueError(f"study={path!r} is not allowed: it is not YAML ({one_line_error(error)}); study must be "
+                         f"a study file (YAML with 'runs')") from None
     if not isinstance(study, dict) or not isinstance(study.get("runs"), list) or not study["runs"]:
         raise ValueError(f"{path}: a study file needs a non-empty list 'runs'")
     _check_seeds(path, "seeds", study.get("seeds"))

@@ -199,3 +199,16 @@ def trained(model: nn.Module, x, y, steps: int, lr: float) -> nn.Module:
     for p in model.parameters():
         p.grad = None
     return model.eval()
+
+
+class OutOfRangeDigits(DigitsDataModule):
+    """The digits data module with its images multiplied by ``scale``: inputs outside [0, 1] (as normalised
+    images would be), for the first-batch input check."""
+
+    def __init__(self, scale: float = 2.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.scale = scale
+
+    def load(self) -> tuple:
+        images, labels = super().load()
+        return images * self.scale, labels

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torchvision.datasets import CIFAR10
 
-from lit_robust.models import SmallCNN
+from lit_robust.models import SmallCNN, SmallCNNFC
 from lit_robust.modules import PGDAT
 from tests.conftest import ROOT, run_train
 
@@ -62,7 +62,30 @@ def not_a_checkpoint(directory):
     return path
 
 
+def finished_checkpoint(directory, epochs=150, steps=1200):
+    """A last.ckpt of the digits AT recipe's PGDAT as train.py writes it, after ``epochs`` epochs and ``steps``
+    optimizer steps."""
+    path = directory / "finished.ckpt"
+    progress = {"ready": epochs, "completed": epochs - 1, "started": epochs, "processed": epochs}
+    torch.save({"state_dict": PGDAT(SmallCNNFC()).state_dict(), "pytorch-lightning_version": "2.6.0",
+                "epoch": epochs - 1, "global_step": steps,
+                "loops": {"fit_loop": {"epoch_progress": {"total": progress, "current": progress}}},
+                "hyper_parameters": {"_class_path": "lit_robust.modules.PGDAT"}}, path)
+    return path
+
+
+def not_yaml(directory):
+    path = directory / "broken.yaml"
+    path.write_text("trainer: [\n  max_epochs: 3\n")
+    return path
+
+
 CALLBACK = "--trainer.callbacks+=lit_robust.callbacks.{}"
+NETWORK = "--model.init_args.model.init_args.{}"
+# the digits AT recipe for two epochs of one batch, a short test
+SHORT = ["--config", AT, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "1",
+         "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", "--model.init_args.test_steps", "1",
+         "--model.init_args.test_restarts", "1", "--data.init_args.train_eval_size", "25"]
 # (setting the message must name, arguments after "fit", a function making a file the arguments name)
 TABLE = [
     ("epsilon", ["--config", AT, "--model.init_args.epsilon", "-0.1"], None),
@@ -158,6 +181,48 @@ TABLE = [
     ("ckpt_path", ["test", "--config", AT], None),
     ("ckpt_path", ["validate", "--config", AT], None),
     ("ckpt_path", ["test", "--config", AT, "--ckpt_path", "{file}"], other_model_checkpoint),
+    # a fit that trains nothing (its test would report untrained weights as the run's result)
+    ("trainer.max_epochs", ["--config", AT, "--trainer.max_epochs", "0"], None),
+    ("trainer.max_steps", ["--config", AT, "--trainer.max_steps", "0"], None),
+    ("trainer.limit_train_batches", ["--config", AT, "--trainer.limit_train_batches", "0"], None),
+    ("trainer.limit_train_batches", ["--config", AT, "--trainer.limit_train_batches", "0.0"], None),
+    ("trainer.max_epochs", ["--config", AT, "--ckpt_path", "{file}"], finished_checkpoint),
+    ("trainer.max_steps", ["--config", AT, "--trainer.max_epochs", "200", "--trainer.max_steps", "1200",
+                           "--ckpt_path", "{file}"],
+     finished_checkpoint),
+    # a callback that would never act in this run (SHORT: where it is not refused, the run is short)
+    ("swa_start", SHORT + [CALLBACK.format("StochasticWeightAveraging"), "--trainer.callbacks.swa_start", "2"], None),
+    ("swa_start", SHORT + [CALLBACK.format("StochasticWeightAveraging"), "--trainer.callbacks.swa_start", "5"], None),
+    ("every_n_epochs", SHORT + [CALLBACK.format("RobustEarlyStopping"), "--trainer.callbacks.every_n_epochs", "3"],
+     None),
+    ("every_n_epochs", SHORT + ["--trainer.max_epochs", "4", "--trainer.check_val_every_n_epoch", "3",
+                                CALLBACK.format("RobustEarlyStopping"), "--trainer.callbacks.every_n_epochs", "2"],
+     None),
+    ("trainer.limit_val_batches", SHORT + ["--trainer.limit_val_batches", "0"], None),
+    ("trainer.check_val_every_n_epoch", SHORT + ["--trainer.check_val_every_n_epoch", "3"], None),
+    ("every_n_epochs", SHORT + [CALLBACK.format("FlatnessMonitor"), "--trainer.callbacks.every_n_epochs", "3"], None),
+    ("every_n_epochs", SHORT + [CALLBACK.format("LandscapeMonitor"), "--trainer.callbacks.every_n_epochs", "3"], None),
+    ("every_n_epochs", SHORT + [CALLBACK.format("FlatnessMonitor"), "--trainer.callbacks.every_n_epochs", "0",
+                                "--trainer.callbacks.on_test", "false"], None),
+    # two callbacks that swap averaged weights in
+    ("trainer.callbacks", SHORT + [CALLBACK.format("WeightAveraging"), CALLBACK.format("StochasticWeightAveraging"),
+                                   "--trainer.callbacks.swa_start", "0"], None),
+    ("trainer.callbacks", SHORT + [CALLBACK.format("WeightAveraging"), CALLBACK.format("WeightAveraging"),
+                                   "--trainer.callbacks.decay", "0.9"], None),
+    ("trainer.callbacks", SHORT + [CALLBACK.format("StochasticWeightAveraging"), "--trainer.callbacks.swa_start", "0",
+                                   "--trainer.callbacks+=pytorch_lightning.callbacks.StochasticWeightAveraging",
+                                   "--trainer.callbacks.swa_lrs", "0.01"], None),
+    # the first batch's checks (the network against the data, the input range), after the logger was created
+    ("model.mean", ["--config", AT, NETWORK.format("mean"), "[0.5, 0.5, 0.5]"], None),
+    ("model.mean", ["--config", AT, NETWORK.format("mean"), "[0.2]"], None),
+    ("model.std", ["--config", AT, NETWORK.format("std"), "[0.9]"], None),
+    ("model.num_classes", ["--config", AT, NETWORK.format("num_classes"), "5"], None),
+    ("model.in_channels", ["--config", AT, NETWORK.format("in_channels"), "3"], None),
+    ("inputs", ["--config", AT, "--data", "tests.helpers.OutOfRangeDigits"], None),
+    ("inputs", ["--config", AT, "--data", "tests.helpers.OutOfRangeDigits", "--data.init_args.scale", "-1"], None),
+    # configuration files
+    ("config", ["--config", "{file}"], not_yaml),
+    ("config", ["--config", AT, "--config", "{tmp}"], None),
 ]
 if not torch.cuda.is_available():
     TABLE.append(("accelerator", ["--config", AT, "--trainer.accelerator", "gpu"], None))
@@ -202,4 +267,91 @@ def test_bad_input_is_one_message_and_nothing_written(tmp_path, capsys, setting,
 
 
 def test_the_table_is_long():
-    assert len(TABLE) >= 60
+    assert len(TABLE) + len(ENTRY_POINT_TABLE) >= 90
+
+
+def a_directory(directory):
+    path = directory / "a_directory"
+    path.mkdir()
+    return path
+
+
+def study_of(text):
+    def make(directory):
+        path = directory / "study.yaml"
+        path.write_text(text)
+        return path
+    return make
+
+
+def run_with_metrics(text):
+    def make(directory):
+        run = directory / "run"
+        run.mkdir()
+        (run / "metrics.json").write_text(text)
+        return run
+    return make
+
+
+def checkpoint_file(directory):
+    path = directory / "run.ckpt"
+    torch.save({"state_dict": PGDAT(SmallCNN(width=4)).state_dict()}, path)
+    return path
+
+
+def study_main(arguments):
+    from lit_robust.study import main
+    main(arguments)
+
+
+def report_main(arguments):
+    from lit_robust.report import main
+    main(arguments)
+
+
+def export_main(arguments):
+    from lit_robust.export import main
+    main(arguments)
+
+
+# (entry point, setting the message must name, its arguments, a function making a file the arguments name)
+ENTRY_POINT_TABLE = [
+    (study_main, "study", ["{tmp}/missing.yaml", "--out", "{tmp}/out"], None),
+    (study_main, "study", ["{file}", "--out", "{tmp}/out"], a_directory),
+    (study_main, "study", ["{file}", "--out", "{tmp}/out"], study_of("runs: [\n  - name: a\n")),
+    (study_main, "runs", ["{file}", "--out", "{tmp}/out"], study_of("- just\n- a list\n")),
+    (study_main, "config", ["{file}", "--out", "{tmp}/out"],
+     study_of("runs:\n  - name: a\n    configs: [nowhere.yaml]\n")),
+    (study_main, "seeds", ["{file}", "--out", "{tmp}/out"],
+     study_of(f"runs:\n  - name: a\n    configs: [{AT}]\n    seeds: [1, 1]\n")),
+    (report_main, "metrics.json", ["{tmp}/no_run", "--out", "{tmp}/out"], None),
+    (report_main, "run_dirs", ["{file}", "--out", "{tmp}/out"], not_a_checkpoint),
+    (report_main, "run_dirs", ["{file}", "--out", "{tmp}/out"], run_with_metrics("{not json")),
+    (report_main, "run_dirs", ["{file}", "--out", "{tmp}/out"], run_with_metrics("[1, 2]")),
+    (report_main, "out", ["{file}", "--out", "{file}/metrics.json"], run_with_metrics('{"test/err": 0.5}')),
+    (export_main, "ckpt_path", ["{tmp}/missing.ckpt", "{tmp}/out.pt"], None),
+    (export_main, "ckpt_path", ["{file}", "{tmp}/out.pt"], a_directory),
+    (export_main, "ckpt_path", ["{file}", "{tmp}/out.pt"], not_a_checkpoint),
+    (export_main, "out", ["{file}", "{tmp}/nowhere/out.pt"], checkpoint_file),
+    (export_main, "out", ["{file}", "{tmp}"], checkpoint_file),
+]
+
+
+@pytest.mark.parametrize("main, setting, arguments, make", ENTRY_POINT_TABLE,
+                         ids=[f"{i:02d}-{row[0].__name__}-{row[1]}" for i, row in enumerate(ENTRY_POINT_TABLE)])
+def test_entry_point_bad_file_is_one_message_and_nothing_written(tmp_path, capsys, main, setting, arguments, make):
+    """``python -m lit_robust.study / report / export`` on a missing, unreadable or invalid file: exit status 2,
+    one ``error:`` line naming the argument, no traceback, nothing written."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    file = make(inputs) if make else None
+    before = log_directory_state(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main([a.format(tmp=inputs, file=file) for a in arguments])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert "Traceback" not in err, err
+    messages = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(messages) == 1, err
+    assert setting in messages[0], messages[0]
+    assert log_directory_state(tmp_path) == before

@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import os
 import random
+import sys
 from typing import Any, Dict, Literal, Mapping, Optional, Tuple
 
 import numpy as np
@@ -79,6 +80,18 @@ def step_output(loss: Tensor, adversarial_logits: Tensor, y: Tensor) -> Dict[str
     for the training metrics that :meth:`AdversarialModule.log_training` logs, the ``adversarial_logits`` of
     the training adversarial examples and their labels ``y``."""
     return {"loss": loss, "adversarial_logits": adversarial_logits, "y": y}
+
+
+def class_path(cls: type) -> str:
+    """The import path of a class, ``module.QualifiedName``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def checkpoint_class_path(checkpoint: Mapping[str, Any]) -> Optional[str]:
+    """The module class a checkpoint names: the ``_class_path`` that LightningCLI saves with the hyper-parameters,
+    else the ``module_class`` that :meth:`AdversarialModule.on_save_checkpoint` writes; ``None`` when neither."""
+    named = (checkpoint.get("hyper_parameters") or {}).get("_class_path") or checkpoint.get("module_class")
+    return named if isinstance(named, str) else None
 
 
 def paper_sgd(params) -> torch.optim.Optimizer:
@@ -301,7 +314,8 @@ class AdversarialModule(LightningModule):
     def check_network_fits_data(self, x: Optional[Tensor] = None) -> None:
         """Raise :class:`~lit_robust.errors.ConfigurationError` when the network does not fit the data: its
         output size (its ``num_classes``, which every network of :mod:`lit_robust.models` has) differs from
-        the data module's ``num_classes``; its input normalisation (:class:`~lit_robust.models.normalize.
+        the data module's ``num_classes``; its first convolution takes another number of channels than the
+        images ``x``; its input normalisation (:class:`~lit_robust.models.normalize.
         Normalize`) has another number of channels than the images ``x``; or its mean and standard
         deviation differ from those the data module states (``mean`` / ``std``). What a network or data
         module does not state is not checked."""
@@ -310,6 +324,11 @@ class AdversarialModule(LightningModule):
         if expected is not None and given is not None:
             check(int(given) == int(expected), "model.num_classes", given,
                   f"the data module's num_classes, {expected} ({type(datamodule).__name__})")
+        first_convolution = next((m for m in self.model.modules() if isinstance(m, nn.Conv2d)), None)
+        if first_convolution is not None and x is not None and x.dim() == 4:
+            check(first_convolution.in_channels == x.shape[1], "model.in_channels", first_convolution.in_channels,
+                  f"the number of channels of the images, {x.shape[1]} (the input channels of the network's first "
+                  f"convolution)")
         normalize = next((m for m in self.model.modules() if isinstance(m, Normalize)), None)
         if normalize is None:
             return
@@ -411,6 +430,7 @@ class AdversarialModule(LightningModule):
         """Keep the random number generators' states, so that a resumed run draws the same batches and
         random starts as an uninterrupted one; refuse to save non-finite weights."""
         checkpoint["random_states"] = random_states()
+        checkpoint["module_class"] = class_path(type(self))  # the class load_from_checkpoint builds
         # no checkpoint with non-finite weights is ever written (nor named as the last good one)
         finite = all(bool(torch.isfinite(value).all()) for value in checkpoint["state_dict"].values()
                      if torch.is_floating_point(value))
@@ -419,6 +439,36 @@ class AdversarialModule(LightningModule):
                 f"non-finite weights at epoch {self.current_epoch}, global step {self.global_step}; training "
                 f"stopped and no checkpoint written. Last good checkpoint (kept): "
                 f"{self.last_checkpoint() or 'none was written yet'}.")
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             strict: Optional[bool] = None, weights_only: Optional[bool] = None, **kwargs: Any):
+        """Lightning's ``load_from_checkpoint``, building the class the checkpoint names
+        (:func:`checkpoint_class_path`): ``AdversarialModule.load_from_checkpoint`` of a PGDAT checkpoint returns
+        a ``PGDAT``. A class that is not the checkpoint's nor one of its bases (``TRADES`` for a ``PGDAT``
+        checkpoint), a named class that is not imported, or ``AdversarialModule`` itself for a checkpoint naming
+        no class, raise :class:`~lit_robust.errors.ConfigurationError`."""
+        named = None
+        if isinstance(checkpoint_path, (str, os.PathLike)) and os.path.isfile(checkpoint_path):
+            named = checkpoint_class_path(torch.load(checkpoint_path, map_location="cpu",
+                                                     weights_only=weights_only is not False))
+        if named is None:
+            check(cls is not AdversarialModule, "checkpoint_path", str(checkpoint_path),
+                  "a checkpoint naming its module class when loaded with AdversarialModule (the base class has no "
+                  "training step): call the variant's load_from_checkpoint, e.g. PGDAT.load_from_checkpoint")
+        else:
+            module, _, name = named.rpartition(".")
+            target = getattr(sys.modules.get(module), name, None)  # only what is imported: no code from a file
+            if target is None and name == cls.__qualname__:
+                target = cls  # a class of a script (__main__) loaded where it is imported from a module
+            check(isinstance(target, type) and issubclass(target, cls), "checkpoint_path", str(checkpoint_path),
+                  f"a checkpoint of {class_path(cls)} or of a subclass of it; it names {named}"
+                  + ("" if isinstance(target, type) else " (not imported)"))
+            if target is not cls:
+                return target.load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only,
+                                                   **kwargs)
+        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only,
+                                            **kwargs)
 
     @override
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
