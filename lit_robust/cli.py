@@ -107,6 +107,8 @@ class RobustCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except ConfigurationError:
+            for logger in self.trainer.loggers:
+                logger.finalize("failed")  # the event writers closed before their files go
             if self.trainer.global_rank == 0:
                 restore(before)
             raise
