@@ -15,6 +15,7 @@ from lit_robust.errors import check, check_choice
 from lit_robust.measures import Measure, MeasureResult, measure_named, registered, registered_names
 from lit_robust.measures.flatness import MEASURES, FlatnessMeasures
 from lit_robust.measures.settings import PAPER_SETTINGS, FlatnessSettings
+from lit_robust.metric_names import FLATNESS
 from lit_robust.module_contract import NetworkSetting, network_of, threat_model_for
 
 from .scheduled_measurement import ScheduledMeasurement
@@ -244,10 +245,10 @@ class FlatnessMonitor(ScheduledMeasurement):
                     results[measure.name] = measure(model, batches, reduce, generator)
             suffix = "" if split == "eval" else "_train"
             for measure, result in results.items():
-                self.results[f"flatness/{measure}{suffix}"] = result
-                metrics[f"flatness/{measure}{suffix}"] = result.flatness
+                self.results[f"{FLATNESS}{measure}{suffix}"] = result
+                metrics[f"{FLATNESS}{measure}{suffix}"] = result.flatness
                 if measure in ("avg_rloss", "avg_loss"):
-                    metrics[f"flatness/{measure}_std{suffix}"] = result.std
+                    metrics[f"{FLATNESS}{measure}_std{suffix}"] = result.std
         for name, value in metrics.items():
             # already reduced over the processes; sync_dist only averages equal values
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)

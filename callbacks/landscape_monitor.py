@@ -29,6 +29,7 @@ from lit_robust.landscape import (
     random_directions,
 )
 from lit_robust.measures.base import LossKind
+from lit_robust.metric_names import FLATNESS_INPUT_LAMBDA_MAX, FLATNESS_LAMBDA_MAX, LANDSCAPE
 from lit_robust.module_contract import NetworkSetting, network_of, threat_model_for
 from lit_robust.sanity import check_input_range
 from lit_robust.weights import names_and_weights, normalize_direction
@@ -180,9 +181,9 @@ class LandscapeMonitor(ScheduledMeasurement):
         eigenpair = None
         if self.hessian or "hessian" in self.kinds:
             eigenpair = hessian_max_eigenvalue(model, x, y, iterations=self.hessian_iterations)
-            scalars["flatness/lambda_max"] = eigenpair.value
+            scalars[FLATNESS_LAMBDA_MAX] = eigenpair.value
         if self.input_hessian:
-            scalars["flatness/input_lambda_max"] = float(
+            scalars[FLATNESS_INPUT_LAMBDA_MAX] = float(
                 input_hessian_max_eigenvalue(model, x, y, iterations=self.hessian_iterations).mean())
         directions: Dict[str, List] = {}
         if "random" in self.kinds or self.surface:
@@ -209,7 +210,7 @@ class LandscapeMonitor(ScheduledMeasurement):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 for name, figure in figures.items():
-                    logger.experiment.add_figure(f"landscape/{name}_{stage}", figure, global_step=trainer.global_step,
+                    logger.experiment.add_figure(f"{LANDSCAPE}{name}_{stage}", figure, global_step=trainer.global_step,
                                                  close=False)
         if self.png:
             directory = os.path.join(trainer.log_dir or trainer.default_root_dir, "landscapes")

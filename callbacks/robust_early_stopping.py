@@ -23,6 +23,7 @@ from lit_robust.callback_schedule import (
 )
 from lit_robust.errors import check, check_choice
 from lit_robust.evaluation import clean_and_robust
+from lit_robust.metric_names import EARLY_STOPPING, EARLY_STOPPING_BEST_EPOCH, VAL
 from lit_robust.module_contract import NetworkSetting, network_of, threat_model_for
 
 Monitor = Literal["rerr", "rloss"]
@@ -198,7 +199,7 @@ class RobustEarlyStopping(Callback):
             trainer.save_checkpoint(self.best_model_path, weights_only=False)
         else:
             self.wait_count += 1
-        metrics = {f"early_stopping/{self.monitor}": value, f"early_stopping/best_{self.monitor}": self.best_value,
+        metrics = {f"{EARLY_STOPPING}{self.monitor}": value, f"{EARLY_STOPPING}best_{self.monitor}": self.best_value,
                    self._best_epoch_name: float(self.best_epoch)}
         trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
         for logger in trainer.loggers:
@@ -214,7 +215,7 @@ class RobustEarlyStopping(Callback):
     @property
     def _best_epoch_name(self) -> str:
         # "early_stopping/best_epoch" for the paper's RErr; a name of its own for RLoss, so that both can run at once
-        return "early_stopping/best_epoch" + ("" if self.monitor == "rerr" else f"_{self.monitor}")
+        return EARLY_STOPPING_BEST_EPOCH + ("" if self.monitor == "rerr" else f"_{self.monitor}")
 
     @property
     def _name(self) -> str:
@@ -224,7 +225,7 @@ class RobustEarlyStopping(Callback):
         """RErr (RLoss) of this validation: the module's ``val/rerr`` (``val/rloss``), or this callback's
         sums over all processes."""
         if self.reuse_validation:
-            name = f"val/{self.monitor}"
+            name = f"{VAL}{self.monitor}"
             if name not in trainer.callback_metrics:
                 raise RuntimeError(f"RobustEarlyStopping expected the module to log {name} in validation.")
             return float(trainer.callback_metrics[name])
@@ -252,7 +253,7 @@ class RobustEarlyStopping(Callback):
     @override
     def on_test_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.best_epoch >= 0:
-            pl_module.log_dict({f"early_stopping/best_{self.monitor}": self.best_value,
+            pl_module.log_dict({f"{EARLY_STOPPING}best_{self.monitor}": self.best_value,
                                 self._best_epoch_name: float(self.best_epoch)}, sync_dist=True)
 
     @override

@@ -40,6 +40,7 @@ import submitit
 import yaml
 
 from lit_robust.errors import check_readable_file, one_line_error
+from lit_robust.metric_names import FLATNESS_AVG_RLOSS, TEST_RERR_PGD, TEST_RLOSS_PGD, TEST_RLOSS_PGD_TRAIN
 from lit_robust.report import make_report
 
 log = logging.getLogger(__name__)
@@ -329,8 +330,8 @@ def _metrics_summary(metrics: Dict) -> str:
         v = metrics.get(key)
         return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
 
-    return (f"test RErr {value('test/rerr_pgd')}, RLoss {value('test/rloss_pgd')} "
-            f"(train {value('test/rloss_pgd_train')}), avg flatness {value('flatness/avg_rloss')}")
+    return (f"test RErr {value(TEST_RERR_PGD)}, RLoss {value(TEST_RLOSS_PGD)} "
+            f"(train {value(TEST_RLOSS_PGD_TRAIN)}), avg flatness {value(FLATNESS_AVG_RLOSS)}")
 
 
 def _finish(progress: Progress, run: Run, out: str, status: Optional[int], error: str = "") -> None:

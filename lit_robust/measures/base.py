@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from lit_robust.attacks import PAPER_EPSILON, PAPER_STEP_SIZE, PGD, Norm, ThreatModel, restore_modes
 from lit_robust.batches import inputs_and_targets
 from lit_robust.errors import check
+from lit_robust.inference_mode import require_gradients
 from lit_robust.measures.settings import FlatnessSettings
 from lit_robust.sanity import check_input_range
 from lit_robust.weights import Selection
@@ -50,14 +51,6 @@ class MeasureResult:
     reference: float
     examples: int
     details: Dict[str, float] = field(default_factory=dict)
-
-
-def require_gradients(name: str) -> None:
-    """Raise :class:`RuntimeError` with what to do when measure ``name`` is called under ``torch.inference_mode()``."""
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError(
-            f"{name} needs gradients but was called under torch.inference_mode(); run the Trainer with "
-            "inference_mode=False (train.py does) or call it outside inference mode.")
 
 
 def first_examples(loader: Iterable, max_examples: Optional[int],

@@ -36,6 +36,7 @@ from torch.func import functional_call, vmap
 
 from lit_robust.attacks import PAPER_EPSILON, PAPER_STEP_SIZE, PGD, Norm, per_example_loss, restore_modes
 from lit_robust.errors import check, check_choice
+from lit_robust.inference_mode import require_gradients
 from lit_robust.measures.base import (
     Examples,
     Measure,
@@ -43,7 +44,6 @@ from lit_robust.measures.base import (
     Reduce,
     first_examples,
     reduced,
-    require_gradients,
 )
 from lit_robust.weights import (
     Neighbourhood,
