@@ -10,7 +10,7 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
 from lit_robust.attacks import Norm, ThreatModel
-from lit_robust.batches import DEFAULT_BATCH_KEYS, FirstExamples
+from lit_robust.data.batches import DEFAULT_BATCH_KEYS, FirstExamples
 from lit_robust.errors import check, check_choice
 from lit_robust.measures import Measure, MeasureResult, measure_named, registered, registered_names
 from lit_robust.measures.flatness import MEASURES, FlatnessMeasures
@@ -78,7 +78,7 @@ class FlatnessMonitor(ScheduledMeasurement):
     prints the fraction) and are far below the paper's settings, which ``test`` defaults to (under
     ``fast_dev_run`` the test, too, uses ``fit``). Under
     data-parallel training each process measures its share of the examples
-    (:class:`~lit_robust.batches.FirstExamples`) and the sums are reduced over the processes, so one and
+    (:class:`~lit_robust.data.batches.FirstExamples`) and the sums are reduced over the processes, so one and
     several processes agree within sampling noise.
 
     The weights measured are those the module holds at validation time (see

@@ -14,17 +14,18 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lit_robust.attacks import PGD, Norm
-from lit_robust.batches import DEFAULT_BATCH_KEYS, inputs_and_targets
-from lit_robust.callback_schedule import (
+from lit_robust.attacks.evaluation import clean_and_robust
+from lit_robust.data.batches import DEFAULT_BATCH_KEYS, inputs_and_targets
+from lit_robust.errors import check, check_choice
+from lit_robust.metric_names import EARLY_STOPPING, EARLY_STOPPING_BEST_EPOCH, VAL
+from lit_robust.module_contract import NetworkSetting, network_of, threat_model_for
+
+from .callback_schedule import (
     check_epoch_reached,
     check_validation_runs,
     first_common_epoch,
     warn_unless_scheduled,
 )
-from lit_robust.errors import check, check_choice
-from lit_robust.evaluation import clean_and_robust
-from lit_robust.metric_names import EARLY_STOPPING, EARLY_STOPPING_BEST_EPOCH, VAL
-from lit_robust.module_contract import NetworkSetting, network_of, threat_model_for
 
 Monitor = Literal["rerr", "rloss"]
 
@@ -58,7 +59,7 @@ class RobustEarlyStopping(Callback):
 
     On a LightningModule of one's own (not an ``AdversarialModule``), ``network`` names the attribute that
     holds the network (or is a callable taking the module), and ``epsilon`` and ``step_size`` give the threat
-    model (``norm`` defaults to L-inf); the batches follow the batch contract (:mod:`lit_robust.batches`,
+    model (``norm`` defaults to L-inf); the batches follow the batch contract (:mod:`lit_robust.data.batches`,
     dict keys from the module's ``batch_keys`` where it has them). Everything missing is named in one error
     at ``setup``, before the first batch.
 
@@ -70,7 +71,7 @@ class RobustEarlyStopping(Callback):
     as well. Every decision is combined across processes.
 
     Under ``ddp_spawn`` the fit runs on copies of the callbacks in spawned processes; this state comes back to
-    the calling process only with :func:`lit_robust.spawn_results.keep_callback_states` (``train.py`` calls it),
+    the calling process only with :func:`lit_robust.cli.spawn_results.keep_callback_states` (``train.py`` calls it),
     without which a later ``trainer.test`` would log none of it.
 
     Args:
@@ -138,7 +139,7 @@ class RobustEarlyStopping(Callback):
     def check_schedule(self, trainer: "pl.Trainer") -> None:
         """Refuse a fit in which this callback would never evaluate: without validation, or with its first
         evaluation (the first epoch that is a multiple of both ``every_n_epochs`` and the trainer's
-        ``check_val_every_n_epoch``) after ``max_epochs`` (see :mod:`lit_robust.callback_schedule`)."""
+        ``check_val_every_n_epoch``) after ``max_epochs`` (see :mod:`lit_robust.callbacks.callback_schedule`)."""
         every_validation = check_validation_runs(trainer, "RobustEarlyStopping", "evaluates")
         check_epoch_reached(trainer, "every_n_epochs", self.every_n_epochs,
                             first_common_epoch(self.every_n_epochs, every_validation), "RobustEarlyStopping",

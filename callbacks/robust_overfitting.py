@@ -9,9 +9,10 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
-from lit_robust.callback_schedule import check_validation_runs, warn_unless_scheduled
 from lit_robust.errors import check
 from lit_robust.metric_names import ROBUST_OVERFITTING, ROBUST_OVERFITTING_RLOSS, TRAIN_RLOSS, VAL_RLOSS
+
+from .callback_schedule import check_validation_runs, warn_unless_scheduled
 
 
 class RobustOverfitting(Callback):
@@ -36,7 +37,7 @@ class RobustOverfitting(Callback):
     either is missing once a training epoch and a validation have run, the callback warns once naming it.
 
     Under ``ddp_spawn`` the fit runs on copies of the callbacks in spawned processes; this state comes back to
-    the calling process only with :func:`lit_robust.spawn_results.keep_callback_states` (``train.py`` calls it),
+    the calling process only with :func:`lit_robust.cli.spawn_results.keep_callback_states` (``train.py`` calls it),
     without which a later ``trainer.test`` would log none of it.
 
     Args:
@@ -61,7 +62,7 @@ class RobustOverfitting(Callback):
 
     def check_schedule(self, trainer: "pl.Trainer") -> None:
         """Refuse a fit without validation, where nothing would be recorded (see
-        :mod:`lit_robust.callback_schedule`)."""
+        :mod:`lit_robust.callbacks.callback_schedule`)."""
         check_validation_runs(trainer, "RobustOverfitting", "records the held-out robust loss")
 
     @override

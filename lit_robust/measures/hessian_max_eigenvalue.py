@@ -8,7 +8,7 @@ Hessian-vector products by double backpropagation, summed over the batches and o
 per iteration, so every process follows the same vector), until lambda = v^T H v changes by less than ``tol``
 relative. Power iteration finds the eigenvalue of largest magnitude, which at a minimum is the largest. In
 RLoss the examples are adversarial examples found by PGD at w and then held fixed, as for the Hessian trace
-(:mod:`lit_robust.measures.hessian_trace`). :func:`~lit_robust.landscape.hessian_max_eigenvalue` is the same
+(:mod:`lit_robust.measures.hessian_trace`). :func:`~lit_robust.measures.landscape.hessian_max_eigenvalue` is the same
 on one batch, with its eigenvector.
 """
 

@@ -6,8 +6,8 @@ H the Hessian of the mean cross-entropy over the first ``max_examples`` examples
 tensors of :func:`~lit_robust.weights.select_parameters` (batch normalisation excluded), each
 v^T H v by one Hessian-vector product (double backpropagation). In RLoss the examples are fixed
 adversarial examples, found by PGD at w before differentiating (the Hessian of L(f(x_adv; w), y) at
-fixed x_adv, as the measures of :mod:`lit_robust.landscape` treat it); in clean Loss the clean ones.
-It sits beside lambda_max (:func:`~lit_robust.landscape.hessian_max_eigenvalue`) and, like it, is not
+fixed x_adv, as the measures of :mod:`lit_robust.measures.landscape` treat it); in clean Loss the clean ones.
+It sits beside lambda_max (:func:`~lit_robust.measures.landscape.hessian_max_eigenvalue`) and, like it, is not
 invariant to rescaling the weights (Stutz et al. 2021, supplement Sec. E).
 
 The same probe vectors serve every batch, so the estimate is v^T H v of the Hessian of the loss over

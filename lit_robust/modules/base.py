@@ -41,13 +41,13 @@ from lit_robust.attacks import (
     check_step_size,
     check_threat_model,
 )
-from lit_robust.batches import DEFAULT_BATCH_KEYS, FirstExamples, inputs_and_targets
+from lit_robust.attacks.evaluation import AutoAttackVersion, autoattack_wrong, clean_and_robust, evaluate
+from lit_robust.attacks.sanity import check_gradient_masking, check_input_range
+from lit_robust.data.batches import DEFAULT_BATCH_KEYS, FirstExamples, inputs_and_targets
 from lit_robust.errors import check, check_choice
-from lit_robust.evaluation import AutoAttackVersion, autoattack_wrong, clean_and_robust, evaluate
 from lit_robust.inference_mode import require_gradients
 from lit_robust.metric_names import TEST, TEST_RERR_AA, TRAIN, TRAIN_STEP, VAL
 from lit_robust.models.normalize import Normalize
-from lit_robust.sanity import check_gradient_masking, check_input_range
 from lit_robust.weights import select_parameters
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class AdversarialModule(LightningModule):
             parameter names and checkpoints are unchanged); the attacks take their input gradients
             through the compiled network.
         batch_keys: the keys of the inputs and the labels in dict batches (the batch contract of
-            :mod:`lit_robust.batches`: a tuple or list batch gives its first two elements, ``(x, y, index)``
+            :mod:`lit_robust.data.batches`: a tuple or list batch gives its first two elements, ``(x, y, index)``
             included); the callbacks read them from the module.
     """
 
@@ -273,7 +273,7 @@ class AdversarialModule(LightningModule):
                 weight.grad = penalty if weight.grad is None else weight.grad.add_(penalty)
 
     def inputs_and_targets(self, batch: Any, labelled: bool = True) -> Tuple[Any, Optional[Tensor]]:
-        """``(x, y)`` of ``batch`` by the batch contract (:func:`lit_robust.batches.inputs_and_targets`, with
+        """``(x, y)`` of ``batch`` by the batch contract (:func:`lit_robust.data.batches.inputs_and_targets`, with
         :attr:`batch_keys`): every step of every variant reads its batch here."""
         return inputs_and_targets(batch, self.batch_keys, labelled)
 

@@ -12,7 +12,7 @@ class MART(ObjectiveModule):
     mode, as in the official implementation the paper follows. The paper's text and the official
     code agree on the direction of the KL term (clean distribution first); the official code adds
     small constants inside the logarithms (1.0001, 1e-12) and to the weight (1.0000001), which this
-    implementation leaves out (see :func:`~lit_robust.losses.mart_binary_cross_entropy`).
+    implementation leaves out (see :func:`~lit_robust.modules.losses.mart_binary_cross_entropy`).
 
     Per training step with PGD-K: K + 2 forward passes (K attack iterations, clean and adversarial
     for the update), K input-only backward passes, one full backward pass (PGD-7: 9 forward, 7

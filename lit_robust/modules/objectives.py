@@ -26,8 +26,8 @@ from typing_extensions import override
 
 from lit_robust.attacks import PGD, Norm
 from lit_robust.errors import check, check_choice
-from lit_robust.losses import mart_loss, trades_loss
 from lit_robust.modules.base import AdversarialModule, step_output
+from lit_robust.modules.losses import mart_loss, trades_loss
 
 BaseLoss = Literal["at", "trades", "mart"]
 SMALL_START_STD = 0.001

@@ -30,10 +30,10 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from lit_robust.attacks import PGD, per_example_loss, restore_modes
+from lit_robust.attacks.sanity import check_input_range
 from lit_robust.errors import check, check_choice
 from lit_robust.measures.flatness import joint_ascent, losses_at
 from lit_robust.measures.hessian_max_eigenvalue import Eigenpair, power_iteration
-from lit_robust.sanity import check_input_range
 from lit_robust.weights import Neighbourhood, Selection, gaussian_direction, names_and_weights, normalize_direction
 
 Direction = List[Tensor]

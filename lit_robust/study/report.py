@@ -1,6 +1,6 @@
 """Many runs -> the paper's table and plots: robust generalisation against flatness of the robust loss.
 
-    python -m lit_robust.report RUN_DIRS... --out DIR [--axes lr weight_decay] [--resamples 1000] [--seed 0]
+    python -m lit_robust.study.report RUN_DIRS... --out DIR [--axes lr weight_decay] [--resamples 1000] [--seed 0]
 
 Each run directory is a TensorBoard log directory written by ``train.py`` (``metrics.json`` from
 its test, event files with the per-epoch scalars, ``config.yaml``). The report writes
@@ -17,7 +17,7 @@ its test, event files with the per-epoch scalars, ``config.yaml``). The report w
   Pearson, Spearman and Kendall correlation over the runs with test RLoss, the RLoss gap (test - train
   RLoss), test RErr and the RErr gap (test - train RErr), each with a bootstrap confidence interval over
   the runs, and the granulated Kendall coefficient per hyper-parameter axis and its mean Psi (Jiang et
-  al. 2020, Sec. 4; see :mod:`lit_robust.statistics`), the hyper-parameters read from each run's
+  al. 2020, Sec. 4; see :mod:`lit_robust.study.statistics`), the hyper-parameters read from each run's
   ``config.yaml``; ``measures_ranking.png``: the measures ranked by Kendall's tau with their intervals;
 - ``table_by_method.md`` / ``table_by_method.csv``: the same columns per method, as mean and
   standard deviation over its seeds (runs named ``<method>_seed<S>``, as the study names them);
@@ -59,7 +59,7 @@ from lit_robust.metric_names import (
     TEST_RLOSS_PGD_TRAIN,
     VAL_RLOSS,
 )
-from lit_robust.statistics import (
+from lit_robust.study.statistics import (
     KINDS,
     Estimate,
     MeasuredModel,
@@ -70,7 +70,7 @@ from lit_robust.statistics import (
     resolve_axes,
     varying_hyperparameters,
 )
-from lit_robust.trainer_checks import check_directory
+from lit_robust.cli.trainer_checks import check_directory
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ FLATNESS_PANELS = [(FLATNESS_AVG_RLOSS, "average-case flatness in RLoss"),
 @dataclass
 class RunResults:
     """The results of one finished run: its label, its directory, its final metrics (``metrics.json``) and its
-    per-epoch scalars (TensorBoard). A study's run before it has results is a :class:`lit_robust.study.Run`."""
+    per-epoch scalars (TensorBoard). A study's run before it has results is a :class:`lit_robust.study.runner.Run`."""
 
     name: str
     path: str
@@ -401,7 +401,7 @@ def recorded_hyperparameters(path: str) -> Dict[str, Any]:
 
 
 def measured_models(runs: Sequence[RunResults]) -> List[MeasuredModel]:
-    """The runs as :class:`~lit_robust.statistics.MeasuredModel`: their ``flatness/*`` measures, the
+    """The runs as :class:`~lit_robust.study.statistics.MeasuredModel`: their ``flatness/*`` measures, the
     :data:`TARGETS` and the hyper-parameters their directories record."""
     names = measure_names(runs)
     return [MeasuredModel(run.name, {name: run.get(name) for name in names},
@@ -588,7 +588,7 @@ def add_statistics_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lit_robust.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lit_robust.study.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", help="TensorBoard log directories of tested runs (with metrics.json)")
     parser.add_argument("--out", required=True, help="directory for the tables and figures")
     add_statistics_arguments(parser)

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_robust.attacks.input_contract import check_input_range
 from lit_robust.errors import check, check_choice
 from lit_robust.inference_mode import require_gradients
-from lit_robust.input_contract import check_input_range
 
 Norm = Literal["linf", "l2"]
 BNMode = Literal["eval", "train"]
@@ -204,7 +204,8 @@ class PGD:
                 pass when they are not known already).
 
         Raises:
-            ConfigurationError: when ``x`` is not in [0, 1] (the input contract, :mod:`lit_robust.input_contract`).
+            ConfigurationError: when ``x`` is not in [0, 1] (the input contract,
+                :mod:`lit_robust.attacks.input_contract`).
         """
         require_gradients("attacks")
         check_input_range(x)

@@ -18,15 +18,18 @@ from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lit_robust.callbacks.metrics_file import MetricsFile
-from lit_robust.checkpoint_checks import (
+from lit_robust.cli.checkpoint_checks import (
     check_resumable,
     check_same_tensors,
     checkpoint_progress,
     namespace_to_dict,
     read_checkpoint,
 )
-from lit_robust.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
-from lit_robust.cli_messages import UNION_ERROR, configuration_error, one_line
+from lit_robust.cli.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
+from lit_robust.cli.messages import UNION_ERROR, configuration_error, one_line
+from lit_robust.cli.run_directory import restore, snapshot
+from lit_robust.cli.spawn_results import keep_callback_states
+from lit_robust.cli.trainer_checks import check_trainer
 from lit_robust.data.base import AdversarialDataModule
 from lit_robust.errors import ConfigurationError, check
 from lit_robust.metric_names import (
@@ -39,9 +42,6 @@ from lit_robust.metric_names import (
     TEST_RLOSS_PGD_TRAIN,
 )
 from lit_robust.modules.base import AdversarialModule
-from lit_robust.run_directory import restore, snapshot
-from lit_robust.spawn_results import keep_callback_states
-from lit_robust.trainer_checks import check_trainer
 
 TRAINER_DEFAULTS = {
     # attacks in validation and test need gradients
