@@ -570,7 +570,7 @@ def make_report(run_dirs: Sequence[str], out: str, axes: Optional[Sequence[str]]
                "measures_md": measures["measures_md"], "measures_csv": measures["measures_csv"],
                "axes": measures["axes"],
                "table_by_method_md": method_md, "table_by_method_csv": method_csv,
-               "pearson": {**{f"test/rloss_pgd vs {k}": v for k, v in correlations.items()},
+               "pearson": {**{f"{TEST_RLOSS_PGD} vs {k}": v for k, v in correlations.items()},
                            "rloss gap vs flatness/avg_rloss": gap_r}}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
