@@ -12,7 +12,7 @@ Measures, for ``lit_robust.models.ResNet18`` on 32x32x3 inputs:
 2. the speed-up of the batched (``vmap``) against the sequential evaluation of the weight
    perturbations of average-case flatness in RLoss (``lit_robust.measures.flatness.FlatnessMeasures``,
    ``parallel=samples`` against ``parallel=1``, deterministic starts);
-3. images/s of AutoAttack (``lit_robust.evaluation.autoattack_wrong``, standard version).
+3. images/s of AutoAttack (``lit_robust.attacks.evaluation.autoattack_wrong``, standard version).
 
 Writes a Markdown table to ``--out`` (default: standard output).
 """
@@ -29,7 +29,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from lit_robust.evaluation import autoattack_wrong  # noqa: E402
+from lit_robust.attacks.evaluation import autoattack_wrong  # noqa: E402
 from lit_robust.measures.flatness import FlatnessMeasures  # noqa: E402
 from lit_robust.models import ResNet18  # noqa: E402
 from lit_robust.modules import PGDAT  # noqa: E402

@@ -23,10 +23,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from lit_robust.attacks import ThreatModel  # noqa: E402
+from lit_robust.attacks.evaluation import loader  # noqa: E402
 from lit_robust.callbacks.flatness_monitor import ALL_MEASURES, FlatnessMonitor, FlatnessSettings  # noqa: E402
 from lit_robust.cli import TRAINER_DEFAULTS, RobustCLI  # noqa: E402
 from lit_robust.data import AdversarialDataModule  # noqa: E402
-from lit_robust.evaluation import loader  # noqa: E402
 from lit_robust.measures import measure_named  # noqa: E402
 from lit_robust.modules import AdversarialModule  # noqa: E402
 

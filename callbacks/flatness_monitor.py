@@ -10,11 +10,12 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
 from lit_robust.attacks import Norm, ThreatModel
-from lit_robust.batches import DEFAULT_BATCH_KEYS, FirstExamples
+from lit_robust.data.batches import DEFAULT_BATCH_KEYS, FirstExamples
 from lit_robust.errors import check, check_choice
 from lit_robust.measures import Measure, MeasureResult, measure_named, registered, registered_names
 from lit_robust.measures.flatness import MEASURES, FlatnessMeasures
 from lit_robust.measures.settings import PAPER_SETTINGS, FlatnessSettings
+from lit_robust.metric_names import FLATNESS
 from lit_robust.module_contract import NetworkSetting, network_of, threat_model_for
 
 from .scheduled_measurement import ScheduledMeasurement
@@ -77,7 +78,7 @@ class FlatnessMonitor(ScheduledMeasurement):
     prints the fraction) and are far below the paper's settings, which ``test`` defaults to (under
     ``fast_dev_run`` the test, too, uses ``fit``). Under
     data-parallel training each process measures its share of the examples
-    (:class:`~lit_robust.batches.FirstExamples`) and the sums are reduced over the processes, so one and
+    (:class:`~lit_robust.data.batches.FirstExamples`) and the sums are reduced over the processes, so one and
     several processes agree within sampling noise.
 
     The weights measured are those the module holds at validation time (see
@@ -244,10 +245,10 @@ class FlatnessMonitor(ScheduledMeasurement):
                     results[measure.name] = measure(model, batches, reduce, generator)
             suffix = "" if split == "eval" else "_train"
             for measure, result in results.items():
-                self.results[f"flatness/{measure}{suffix}"] = result
-                metrics[f"flatness/{measure}{suffix}"] = result.flatness
+                self.results[f"{FLATNESS}{measure}{suffix}"] = result
+                metrics[f"{FLATNESS}{measure}{suffix}"] = result.flatness
                 if measure in ("avg_rloss", "avg_loss"):
-                    metrics[f"flatness/{measure}_std{suffix}"] = result.std
+                    metrics[f"{FLATNESS}{measure}_std{suffix}"] = result.std
         for name, value in metrics.items():
             # already reduced over the processes; sync_dist only averages equal values
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)

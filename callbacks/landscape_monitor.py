@@ -13,9 +13,11 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lit_robust.attacks import PGD, Norm, ThreatModel
-from lit_robust.batches import DEFAULT_BATCH_KEYS, FirstExamples
+from lit_robust.attacks.sanity import check_input_range
+from lit_robust.data.batches import DEFAULT_BATCH_KEYS, FirstExamples
 from lit_robust.errors import check, check_choice
-from lit_robust.landscape import (
+from lit_robust.measures.base import LossKind
+from lit_robust.measures.landscape import (
     DirectionKind,
     Landscape,
     Normalization,
@@ -28,9 +30,8 @@ from lit_robust.landscape import (
     plot_surface,
     random_directions,
 )
-from lit_robust.measures.base import LossKind
+from lit_robust.metric_names import FLATNESS_INPUT_LAMBDA_MAX, FLATNESS_LAMBDA_MAX, LANDSCAPE
 from lit_robust.module_contract import NetworkSetting, network_of, threat_model_for
-from lit_robust.sanity import check_input_range
 from lit_robust.weights import names_and_weights, normalize_direction
 
 from .scheduled_measurement import ScheduledMeasurement
@@ -47,7 +48,7 @@ class LandscapeMonitor(ScheduledMeasurement):
     ``attack_steps`` iterations at ``steps`` points in [-1, 1]; optionally a 2-D surface over two
     random directions. The defaults are the paper's (Stutz et al. 2021, supplement Sec. C: 10 directions, 51 steps, one
     batch of 128 test examples, PGD-20), which costs many training epochs of a small model, so by
-    default it runs only on test. See :mod:`lit_robust.landscape`.
+    default it runs only on test. See :mod:`lit_robust.measures.landscape`.
 
     The figures go to TensorBoard (``landscape/1d_<stage>``, ``landscape/2d_<stage>``, stage ``fit``
     or ``test``) and, with ``png``, to ``<log_dir>/landscapes/<stage>_epoch=<epoch>_<1d|2d>.png``.
@@ -180,9 +181,9 @@ class LandscapeMonitor(ScheduledMeasurement):
         eigenpair = None
         if self.hessian or "hessian" in self.kinds:
             eigenpair = hessian_max_eigenvalue(model, x, y, iterations=self.hessian_iterations)
-            scalars["flatness/lambda_max"] = eigenpair.value
+            scalars[FLATNESS_LAMBDA_MAX] = eigenpair.value
         if self.input_hessian:
-            scalars["flatness/input_lambda_max"] = float(
+            scalars[FLATNESS_INPUT_LAMBDA_MAX] = float(
                 input_hessian_max_eigenvalue(model, x, y, iterations=self.hessian_iterations).mean())
         directions: Dict[str, List] = {}
         if "random" in self.kinds or self.surface:
@@ -209,7 +210,7 @@ class LandscapeMonitor(ScheduledMeasurement):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 for name, figure in figures.items():
-                    logger.experiment.add_figure(f"landscape/{name}_{stage}", figure, global_step=trainer.global_step,
+                    logger.experiment.add_figure(f"{LANDSCAPE}{name}_{stage}", figure, global_step=trainer.global_step,
                                                  close=False)
         if self.png:
             directory = os.path.join(trainer.log_dir or trainer.default_root_dir, "landscapes")

@@ -9,7 +9,9 @@ from pytorch_lightning import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from typing_extensions import override
 
-PREFIXES = ("test/", "flatness/", "early_stopping/", "robust_overfitting/")
+from lit_robust.metric_names import EARLY_STOPPING, FLATNESS, ROBUST_OVERFITTING, TEST
+
+PREFIXES = (TEST, FLATNESS, EARLY_STOPPING, ROBUST_OVERFITTING)
 
 
 class MetricsFile(Callback):

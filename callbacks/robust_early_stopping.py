@@ -14,16 +14,18 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lit_robust.attacks import PGD, Norm
-from lit_robust.batches import DEFAULT_BATCH_KEYS, inputs_and_targets
-from lit_robust.callback_schedule import (
+from lit_robust.attacks.evaluation import clean_and_robust
+from lit_robust.data.batches import DEFAULT_BATCH_KEYS, inputs_and_targets
+from lit_robust.errors import check, check_choice
+from lit_robust.metric_names import EARLY_STOPPING, EARLY_STOPPING_BEST_EPOCH, VAL
+from lit_robust.module_contract import NetworkSetting, network_of, threat_model_for
+
+from .callback_schedule import (
     check_epoch_reached,
     check_validation_runs,
     first_common_epoch,
     warn_unless_scheduled,
 )
-from lit_robust.errors import check, check_choice
-from lit_robust.evaluation import clean_and_robust
-from lit_robust.module_contract import NetworkSetting, network_of, threat_model_for
 
 Monitor = Literal["rerr", "rloss"]
 
@@ -57,7 +59,7 @@ class RobustEarlyStopping(Callback):
 
     On a LightningModule of one's own (not an ``AdversarialModule``), ``network`` names the attribute that
     holds the network (or is a callable taking the module), and ``epsilon`` and ``step_size`` give the threat
-    model (``norm`` defaults to L-inf); the batches follow the batch contract (:mod:`lit_robust.batches`,
+    model (``norm`` defaults to L-inf); the batches follow the batch contract (:mod:`lit_robust.data.batches`,
     dict keys from the module's ``batch_keys`` where it has them). Everything missing is named in one error
     at ``setup``, before the first batch.
 
@@ -69,7 +71,7 @@ class RobustEarlyStopping(Callback):
     as well. Every decision is combined across processes.
 
     Under ``ddp_spawn`` the fit runs on copies of the callbacks in spawned processes; this state comes back to
-    the calling process only with :func:`lit_robust.spawn_results.keep_callback_states` (``train.py`` calls it),
+    the calling process only with :func:`lit_robust.cli.spawn_results.keep_callback_states` (``train.py`` calls it),
     without which a later ``trainer.test`` would log none of it.
 
     Args:
@@ -137,7 +139,7 @@ class RobustEarlyStopping(Callback):
     def check_schedule(self, trainer: "pl.Trainer") -> None:
         """Refuse a fit in which this callback would never evaluate: without validation, or with its first
         evaluation (the first epoch that is a multiple of both ``every_n_epochs`` and the trainer's
-        ``check_val_every_n_epoch``) after ``max_epochs`` (see :mod:`lit_robust.callback_schedule`)."""
+        ``check_val_every_n_epoch``) after ``max_epochs`` (see :mod:`lit_robust.callbacks.callback_schedule`)."""
         every_validation = check_validation_runs(trainer, "RobustEarlyStopping", "evaluates")
         check_epoch_reached(trainer, "every_n_epochs", self.every_n_epochs,
                             first_common_epoch(self.every_n_epochs, every_validation), "RobustEarlyStopping",
@@ -198,7 +200,7 @@ class RobustEarlyStopping(Callback):
             trainer.save_checkpoint(self.best_model_path, weights_only=False)
         else:
             self.wait_count += 1
-        metrics = {f"early_stopping/{self.monitor}": value, f"early_stopping/best_{self.monitor}": self.best_value,
+        metrics = {f"{EARLY_STOPPING}{self.monitor}": value, f"{EARLY_STOPPING}best_{self.monitor}": self.best_value,
                    self._best_epoch_name: float(self.best_epoch)}
         trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
         for logger in trainer.loggers:
@@ -214,7 +216,7 @@ class RobustEarlyStopping(Callback):
     @property
     def _best_epoch_name(self) -> str:
         # "early_stopping/best_epoch" for the paper's RErr; a name of its own for RLoss, so that both can run at once
-        return "early_stopping/best_epoch" + ("" if self.monitor == "rerr" else f"_{self.monitor}")
+        return EARLY_STOPPING_BEST_EPOCH + ("" if self.monitor == "rerr" else f"_{self.monitor}")
 
     @property
     def _name(self) -> str:
@@ -224,7 +226,7 @@ class RobustEarlyStopping(Callback):
         """RErr (RLoss) of this validation: the module's ``val/rerr`` (``val/rloss``), or this callback's
         sums over all processes."""
         if self.reuse_validation:
-            name = f"val/{self.monitor}"
+            name = f"{VAL}{self.monitor}"
             if name not in trainer.callback_metrics:
                 raise RuntimeError(f"RobustEarlyStopping expected the module to log {name} in validation.")
             return float(trainer.callback_metrics[name])
@@ -252,7 +254,7 @@ class RobustEarlyStopping(Callback):
     @override
     def on_test_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.best_epoch >= 0:
-            pl_module.log_dict({f"early_stopping/best_{self.monitor}": self.best_value,
+            pl_module.log_dict({f"{EARLY_STOPPING}best_{self.monitor}": self.best_value,
                                 self._best_epoch_name: float(self.best_epoch)}, sync_dist=True)
 
     @override

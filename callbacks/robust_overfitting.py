@@ -9,8 +9,10 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
-from lit_robust.callback_schedule import check_validation_runs, warn_unless_scheduled
 from lit_robust.errors import check
+from lit_robust.metric_names import ROBUST_OVERFITTING, ROBUST_OVERFITTING_RLOSS, TRAIN_RLOSS, VAL_RLOSS
+
+from .callback_schedule import check_validation_runs, warn_unless_scheduled
 
 
 class RobustOverfitting(Callback):
@@ -35,7 +37,7 @@ class RobustOverfitting(Callback):
     either is missing once a training epoch and a validation have run, the callback warns once naming it.
 
     Under ``ddp_spawn`` the fit runs on copies of the callbacks in spawned processes; this state comes back to
-    the calling process only with :func:`lit_robust.spawn_results.keep_callback_states` (``train.py`` calls it),
+    the calling process only with :func:`lit_robust.cli.spawn_results.keep_callback_states` (``train.py`` calls it),
     without which a later ``trainer.test`` would log none of it.
 
     Args:
@@ -60,7 +62,7 @@ class RobustOverfitting(Callback):
 
     def check_schedule(self, trainer: "pl.Trainer") -> None:
         """Refuse a fit without validation, where nothing would be recorded (see
-        :mod:`lit_robust.callback_schedule`)."""
+        :mod:`lit_robust.callbacks.callback_schedule`)."""
         check_validation_runs(trainer, "RobustOverfitting", "records the held-out robust loss")
 
     @override
@@ -70,7 +72,7 @@ class RobustOverfitting(Callback):
 
     def _record_train_rloss(self, trainer: "pl.Trainer") -> None:
         # the epoch mean of train/rloss reaches callback_metrics after on_train_epoch_end: read it one hook later
-        value = trainer.callback_metrics.get("train/rloss")
+        value = trainer.callback_metrics.get(TRAIN_RLOSS)
         if self._pending_train_epoch is not None and value is not None:
             self.train_rloss[self._pending_train_epoch] = float(value)
         if self._pending_train_epoch is not None and self._validated:
@@ -83,11 +85,11 @@ class RobustOverfitting(Callback):
         if self._checked_metrics:
             return
         self._checked_metrics = True
-        missing = [name for name in ("val/rloss", "train/rloss") if name not in trainer.callback_metrics]
+        missing = [name for name in (VAL_RLOSS, TRAIN_RLOSS) if name not in trainer.callback_metrics]
         if missing:
             rank_zero_warn(
                 f"RobustOverfitting: the module logs no {' and no '.join(missing)}, so robust overfitting cannot be "
-                f"measured ({'no held-out curve and no summary' if 'val/rloss' in missing else 'no training curve'}"
+                f"measured ({'no held-out curve and no summary' if VAL_RLOSS in missing else 'no training curve'}"
                 f"). Log val/rloss (the robust loss on the held-out split) in validation_step and train/rloss (the "
                 f"robust loss on the training adversarial examples, on_epoch=True) in training_step, as "
                 f"lit_robust's AdversarialModule does.")
@@ -107,9 +109,9 @@ class RobustOverfitting(Callback):
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         self._validated = True
-        if "val/rloss" not in trainer.callback_metrics:
+        if VAL_RLOSS not in trainer.callback_metrics:
             return
-        self.val_rloss[trainer.current_epoch] = float(trainer.callback_metrics["val/rloss"])
+        self.val_rloss[trainer.current_epoch] = float(trainer.callback_metrics[VAL_RLOSS])
 
     @override
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -184,16 +186,16 @@ class RobustOverfitting(Callback):
             axes.legend()
             figure.tight_layout()
             experiment = logger.experiment
-            experiment.add_figure("robust_overfitting/rloss", figure, global_step=trainer.global_step, close=True)
+            experiment.add_figure(ROBUST_OVERFITTING_RLOSS, figure, global_step=trainer.global_step, close=True)
             experiment.add_custom_scalars({"robust overfitting": {
-                "RLoss (held-out and training)": ["Multiline", ["val/rloss", "train/rloss"]]}})
+                "RLoss (held-out and training)": ["Multiline", [VAL_RLOSS, TRAIN_RLOSS]]}})
             experiment.flush()
 
     @override
     def on_test_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         numbers = self.summary()
         if numbers:
-            pl_module.log_dict({f"robust_overfitting/{name}": value for name, value in numbers.items()},
+            pl_module.log_dict({f"{ROBUST_OVERFITTING}{name}": value for name, value in numbers.items()},
                                sync_dist=False)
 
     @override

@@ -7,8 +7,9 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
-from lit_robust.callback_schedule import check_epoch_reached, warn_unless_scheduled
 from lit_robust.errors import check
+
+from .callback_schedule import check_epoch_reached, warn_unless_scheduled
 
 
 class ScheduledMeasurement(Callback, ABC):
@@ -37,7 +38,7 @@ class ScheduledMeasurement(Callback, ABC):
 
     def check_schedule(self, trainer: "pl.Trainer") -> None:
         """Refuse an ``every_n_epochs`` above the trainer's ``max_epochs``: the measurement during fit would never
-        run (see :mod:`lit_robust.callback_schedule`)."""
+        run (see :mod:`lit_robust.callbacks.callback_schedule`)."""
         if self.every_n_epochs > 0:
             check_epoch_reached(trainer, "every_n_epochs", self.every_n_epochs, self.every_n_epochs,
                                 type(self).__name__, "measures")

@@ -8,10 +8,10 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import update_bn
 from typing_extensions import override
 
-from lit_robust.batches import DEFAULT_BATCH_KEYS, inputs_and_targets
-from lit_robust.callback_schedule import check_epoch_reached, warn_unless_scheduled
+from lit_robust.data.batches import DEFAULT_BATCH_KEYS, inputs_and_targets
 from lit_robust.errors import check
 
+from .callback_schedule import check_epoch_reached, warn_unless_scheduled
 from .weight_averaging import AveragedWeightsInValidation
 
 
@@ -68,8 +68,8 @@ class StochasticWeightAveraging(AveragedWeightsInValidation):
     In DDP every process holds the same weights and averages them identically; the recomputed
     batch-normalisation statistics (each process sees its shard) are averaged across processes.
 
-    ``swa_start`` must be below the trainer's ``max_epochs`` (see :mod:`lit_robust.callback_schedule`: refused by
-    ``train.py``, warned about at setup otherwise), and SWA runs without
+    ``swa_start`` must be below the trainer's ``max_epochs`` (see :mod:`lit_robust.callbacks.callback_schedule`:
+    refused by ``train.py``, warned about at setup otherwise), and SWA runs without
     :class:`~lit_robust.callbacks.weight_averaging.WeightAveraging` (see
     :class:`~lit_robust.callbacks.weight_averaging.AveragedWeightsInValidation`).
 
@@ -93,7 +93,7 @@ class StochasticWeightAveraging(AveragedWeightsInValidation):
 
     def check_schedule(self, trainer: "pl.Trainer") -> None:
         """Refuse a ``swa_start`` at or after the last epoch: nothing would be collected, and the run would test
-        the plain weights under SWA's name (see :mod:`lit_robust.callback_schedule`)."""
+        the plain weights under SWA's name (see :mod:`lit_robust.callbacks.callback_schedule`)."""
         check_epoch_reached(trainer, "swa_start", self.swa_start, self.swa_start + 1, "StochasticWeightAveraging",
                             "collects weights")
 

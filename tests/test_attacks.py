@@ -127,6 +127,19 @@ def test_error_under_inference_mode(model_and_batch):
         PGD(0.1, 0.025, 2)(model, x, y)
 
 
+def test_attacks_and_measures_refuse_inference_mode_with_one_message_naming_what_needs_gradients(model_and_batch):
+    from lit_robust.measures import HessianTrace
+
+    model, x, y = model_and_batch
+    with torch.inference_mode(), pytest.raises(RuntimeError) as attack:
+        PGD(0.1, 0.025, 2)(model, x, y)
+    with torch.inference_mode(), pytest.raises(RuntimeError) as measure:
+        HessianTrace(loss="loss", samples=1, max_examples=4)(model, [(x, y)])
+    remedy = "gradients are needed, but this ran under torch.inference_mode(); run the Trainer with inference_mode="
+    assert str(attack.value).startswith("attacks: " + remedy)
+    assert str(measure.value).startswith("hessian_trace_loss: " + remedy)
+
+
 def test_works_under_no_grad(model_and_batch):
     model, x, y = model_and_batch
     with torch.no_grad():

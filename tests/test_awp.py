@@ -9,9 +9,9 @@ from torch import nn
 
 from lit_robust.attacks import PGD
 from lit_robust.errors import ConfigurationError
-from lit_robust.losses import trades_loss
 from lit_robust.models import SmallCNN
 from lit_robust.modules import AWP
+from lit_robust.modules.losses import trades_loss
 from tests.helpers import step_and_attack
 
 XI, LR, LAM = 0.01, 0.1, 6.0

@@ -300,17 +300,17 @@ def checkpoint_file(directory):
 
 
 def study_main(arguments):
-    from lit_robust.study import main
+    from lit_robust.study.runner import main
     main(arguments)
 
 
 def report_main(arguments):
-    from lit_robust.report import main
+    from lit_robust.study.report import main
     main(arguments)
 
 
 def export_main(arguments):
-    from lit_robust.export import main
+    from lit_robust.cli.export import main
     main(arguments)
 
 

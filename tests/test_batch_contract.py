@@ -10,9 +10,9 @@ from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
+from lit_robust.attacks.evaluation import evaluate
 from lit_robust.data import DigitsDataModule
 from lit_robust.errors import ConfigurationError
-from lit_robust.evaluation import evaluate
 from lit_robust.models import SmallCNN
 from lit_robust.modules import PGDAT
 from tests.helpers import VARIANT_DATA, VARIANTS, trainer, variant

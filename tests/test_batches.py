@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from lit_robust.batches import FirstExamples, inputs_and_targets
+from lit_robust.data.batches import FirstExamples, inputs_and_targets
 from lit_robust.errors import ConfigurationError
 
 IMAGES = torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8)

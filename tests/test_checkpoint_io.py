@@ -7,7 +7,7 @@ import pytest
 import torch
 from lightning_fabric.plugins.io import torch_io
 
-from lit_robust.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
+from lit_robust.cli.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from tests.conftest import ROOT, run_train
 
 CONFIG = os.path.join(ROOT, "configs", "digits", "at.yaml")

@@ -117,7 +117,7 @@ def test_predict_writes_the_checkpoints_predicted_labels(trained, tmp_path):
 
 
 def test_export_writes_weights_a_plain_network_loads(trained, tmp_path):
-    from lit_robust.export import main
+    from lit_robust.cli.export import main
     from lit_robust.models import SmallCNNFC
 
     main([str(trained), str(tmp_path / "net.pt")])
@@ -130,7 +130,7 @@ def test_export_writes_weights_a_plain_network_loads(trained, tmp_path):
 def test_export_gives_the_averaged_or_the_current_weights(tmp_path, capsys):
     """A checkpoint of a run with weight averaging holds the average in ``state_dict`` and the weights training
     had reached in ``current_model_state``: ``--weights`` picks one; without an average, ``current`` is refused."""
-    from lit_robust.export import main
+    from lit_robust.cli.export import main
 
     averaged, current = {"model.w": torch.ones(3), "model.b": torch.zeros(1)}, {"model.w": torch.full((3,), 2.0),
                                                                                   "model.b": torch.ones(1)}

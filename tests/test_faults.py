@@ -10,10 +10,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_robust.callbacks import RobustEarlyStopping, StochasticWeightAveraging, WeightAveraging
+from lit_robust.cli.run_directory import restore, snapshot
 from lit_robust.errors import ConfigurationError
 from lit_robust.models import SmallCNN
 from lit_robust.modules import PGDAT, TRADES, AdversarialModule
-from lit_robust.run_directory import restore, snapshot
 from tests.conftest import ROOT, run_train
 from tests.helpers import SMALL_ATTACKS, tiny_trainer
 

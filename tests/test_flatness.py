@@ -8,9 +8,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_robust.errors import ConfigurationError
-from lit_robust.landscape import hessian_max_eigenvalue
 from lit_robust.measures import average_case_flatness, worst_case_flatness
 from lit_robust.measures.flatness import FlatnessMeasures
+from lit_robust.measures.landscape import hessian_max_eigenvalue
 from lit_robust.models import SmallCNN
 from lit_robust.weights import Neighbourhood, names_and_weights
 from tests import helpers

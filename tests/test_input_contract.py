@@ -8,9 +8,9 @@ from pytorch_lightning import LightningDataModule, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_robust.attacks import FGSM, PGD, FriendlyPGD
+from lit_robust.attacks.evaluation import autoattack_wrong, clean_and_robust, evaluate
 from lit_robust.callbacks import RobustEarlyStopping
 from lit_robust.errors import ConfigurationError
-from lit_robust.evaluation import autoattack_wrong, clean_and_robust, evaluate
 from lit_robust.models import SmallCNN
 from lit_robust.modules import PGDAT
 

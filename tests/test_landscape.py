@@ -16,7 +16,7 @@ from torch.func import functional_call
 from lit_robust.attacks import PGD
 from lit_robust.callbacks.landscape_monitor import LandscapeMonitor
 from lit_robust.callbacks.metrics_file import MetricsFile
-from lit_robust.landscape import (
+from lit_robust.measures.landscape import (
     Landscape,
     adversarial_directions,
     hessian_max_eigenvalue,

@@ -2,7 +2,7 @@
 
 import torch
 
-from lit_robust.losses import noisy_labels, smoothed_cross_entropy
+from lit_robust.modules.losses import noisy_labels, smoothed_cross_entropy
 
 
 def test_label_smoothing_target_distribution():

@@ -4,9 +4,9 @@ training step."""
 import pytest
 import torch
 
-from lit_robust.losses import mart_binary_cross_entropy, mart_loss
 from lit_robust.models import SmallCNN
 from lit_robust.modules import MART
+from lit_robust.modules.losses import mart_binary_cross_entropy, mart_loss
 from tests.helpers import step_and_attack
 
 

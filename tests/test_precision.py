@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from pytorch_lightning import Trainer
 
 from lit_robust.attacks import PGD
+from lit_robust.attacks.evaluation import autoattack_wrong
 from lit_robust.callbacks import MetricsFile
 from lit_robust.data import CIFAR10DataModule
-from lit_robust.evaluation import autoattack_wrong
 from lit_robust.models import ResNet18
 from lit_robust.modules import PGDAT
 from tests.fakedata import write_cifar10

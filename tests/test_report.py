@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from lit_robust.report import main, make_report
-from lit_robust.statistics import correlation as pearson
+from lit_robust.study.report import main, make_report
+from lit_robust.study.statistics import correlation as pearson
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RUNS = {  # name: (test rerr_pgd, test rloss, train rloss, avg_rloss flatness, worst_rloss, avg_loss)
@@ -44,7 +44,7 @@ def runs(tmp_path):
 
 
 def test_epoch_pairs_take_the_epochs_value_not_the_tests(runs):
-    from lit_robust.report import epoch_pairs, load_run
+    from lit_robust.study.report import epoch_pairs, load_run
 
     pairs = epoch_pairs(load_run(runs[0]))
     rloss, avg = RUNS["digits_at"][1], RUNS["digits_at"][3]
@@ -94,7 +94,7 @@ def test_command_line(runs, tmp_path, capsys):
 
 
 def test_table_gives_the_rise_of_the_held_out_rloss_after_its_minimum(tmp_path):
-    from lit_robust.report import COLUMNS, load_run, table_rows
+    from lit_robust.study.report import COLUMNS, load_run, table_rows
 
     run = tmp_path / "at" / "version_0"
     run.mkdir(parents=True)

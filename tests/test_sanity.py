@@ -1,4 +1,4 @@
-"""Gradient-masking sanity warnings (lit_robust/sanity.py) and where they run: test start, evaluate()."""
+"""Gradient-masking sanity warnings (lit_robust/attacks/sanity.py) and where they run: test start, evaluate()."""
 
 import warnings
 
@@ -8,10 +8,10 @@ from pytorch_lightning import Trainer
 from torch import nn
 
 from lit_robust.attacks import PGD
-from lit_robust.evaluation import evaluate
+from lit_robust.attacks.evaluation import evaluate
+from lit_robust.attacks.sanity import check_gradient_masking
 from lit_robust.models import SmallCNN
 from lit_robust.modules import PGDAT
-from lit_robust.sanity import check_gradient_masking
 
 
 class Softmaxed(nn.Module):

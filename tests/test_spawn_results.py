@@ -9,9 +9,9 @@ from pytorch_lightning import Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_robust.callbacks import RobustEarlyStopping, RobustOverfitting
+from lit_robust.cli.spawn_results import CallbackStatesLauncher, keep_callback_states
 from lit_robust.models import SmallCNN
 from lit_robust.modules import PGDAT
-from lit_robust.spawn_results import CallbackStatesLauncher, keep_callback_states
 
 # not from tests.helpers: the spawned processes import this module
 SMALL = dict(epsilon=0.1, step_size=0.025, train_steps=1, val_steps=1, val_restarts=1, test_steps=1, test_restarts=1,

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from lit_robust.errors import ConfigurationError
-from lit_robust.statistics import (
+from lit_robust.study.statistics import (
     KINDS,
     MeasuredModel,
     bootstrap,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from pytorch_lightning import Callback
 
-from lit_robust.study import Launcher, Run, command, load_study, log_path, main, run_directory, run_study, waves
+from lit_robust.study.runner import Launcher, Run, command, load_study, log_path, main, run_directory, run_study, waves
 from tests.conftest import ROOT
 
 STUDY = os.path.join(ROOT, "configs", "study", "digits.yaml")
@@ -203,7 +203,7 @@ def test_slurm_launcher_writes_one_array_job(tmp_path, monkeypatch):
     # each task is a ResumableRun (submitit requeues it from last.ckpt), with Lightning's own requeue off
     from submitit.core.utils import DelayedSubmission
 
-    from lit_robust.study import NO_LIGHTNING_REQUEUE, ResumableRun
+    from lit_robust.study.runner import NO_LIGHTNING_REQUEUE, ResumableRun
 
     (pickled,) = glob.glob(str(out / ".submitit" / "**" / "*_submitted.pkl"), recursive=True)[:1]
     delayed = DelayedSubmission.load(pickled)
@@ -276,7 +276,7 @@ def test_a_run_stopped_by_the_scheduler_is_requeued_and_resumes_from_last_ckpt(t
     from submitit.core.utils import DelayedSubmission, JobPaths, pickle_load
     from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
 
-    from lit_robust.study import NO_LIGHTNING_REQUEUE, ResumableRun, expand_runs, last_checkpoint
+    from lit_robust.study.runner import NO_LIGHTNING_REQUEUE, ResumableRun, expand_runs, last_checkpoint
 
     record = tmp_path / "signalled.json"
     common = RESUMABLE_COMMON.format(record=record)

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lit_robust.losses import trades_loss
 from lit_robust.models import SmallCNN
 from lit_robust.modules import TRADES
+from lit_robust.modules.losses import trades_loss
 from tests.helpers import step_and_attack
 
 

@@ -6,8 +6,8 @@ sharper; it holds its settings (typed keyword arguments, so YAML can give them a
 ``init_args``) and, called with a model and a loader, measures once. The frame is the base class's, written
 once for every measure: refused under ``torch.inference_mode()``, the model in eval mode and its modes
 restored afterwards, gradients enabled, the first ``max_examples`` examples of the loader as it yields them
-(the batch contract of :mod:`lit_robust.batches`), each batch checked against the [0, 1] input contract
-(:func:`~lit_robust.sanity.check_input_range`) and moved to the model's device, the sums reduced over
+(the batch contract of :mod:`lit_robust.data.batches`), each batch checked against the [0, 1] input contract
+(:func:`~lit_robust.attacks.sanity.check_input_range`) and moved to the model's device, the sums reduced over
 processes in one collective and a loader without examples refused.
 """
 
@@ -20,10 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from lit_robust.attacks import PAPER_EPSILON, PAPER_STEP_SIZE, PGD, Norm, ThreatModel, restore_modes
-from lit_robust.batches import inputs_and_targets
+from lit_robust.attacks.sanity import check_input_range
+from lit_robust.data.batches import inputs_and_targets
 from lit_robust.errors import check
+from lit_robust.inference_mode import require_gradients
 from lit_robust.measures.settings import FlatnessSettings
-from lit_robust.sanity import check_input_range
 from lit_robust.weights import Selection
 
 LossKind = Literal["rloss", "loss"]
@@ -50,14 +51,6 @@ class MeasureResult:
     reference: float
     examples: int
     details: Dict[str, float] = field(default_factory=dict)
-
-
-def require_gradients(name: str) -> None:
-    """Raise :class:`RuntimeError` with what to do when measure ``name`` is called under ``torch.inference_mode()``."""
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError(
-            f"{name} needs gradients but was called under torch.inference_mode(); run the Trainer with "
-            "inference_mode=False (train.py does) or call it outside inference mode.")
 
 
 def first_examples(loader: Iterable, max_examples: Optional[int],
@@ -181,7 +174,7 @@ class Measure(ABC):
 
         Args:
             model: the network, taking [0, 1] images and returning logits.
-            loader: batches ``(x, y, ...)`` or dicts (see :mod:`lit_robust.batches`) of [0, 1] images and labels.
+            loader: batches ``(x, y, ...)`` or dicts (see :mod:`lit_robust.data.batches`) of [0, 1] images and labels.
             reduce: sums a tensor over processes; each process passes its own share of the examples.
             generator: random-number generator of the measure's weight perturbations or probes.
         """

@@ -28,7 +28,7 @@ Where the paper's public code differs from its text, the text is followed:
   with 10 restarts, worst case per example.
 """
 
-from typing import Dict, Iterable, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Literal, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -36,14 +36,15 @@ from torch.func import functional_call, vmap
 
 from lit_robust.attacks import PAPER_EPSILON, PAPER_STEP_SIZE, PGD, Norm, per_example_loss, restore_modes
 from lit_robust.errors import check, check_choice
+from lit_robust.inference_mode import require_gradients
 from lit_robust.measures.base import (
     Examples,
+    LossKind,
     Measure,
     MeasureResult,
     Reduce,
     first_examples,
     reduced,
-    require_gradients,
 )
 from lit_robust.weights import (
     Neighbourhood,
@@ -348,9 +349,20 @@ class PaperFlatness(Measure):
     """What the paper's average- and worst-case flatness share: they are computed by :class:`FlatnessMeasures`
     from the settings each adds (:meth:`meter_settings`) to the threat model, the reference and ``parallel``."""
 
-    reference_pgd_steps: int
-    reference_pgd_restarts: int
-    parallel: int
+    prefix: str  # the measure's name is prefix_loss: avg_rloss, worst_loss, ...
+
+    def __init__(self, *, loss: LossKind, reference_pgd_steps: int, reference_pgd_restarts: int, parallel: int,
+                 **common: Any) -> None:
+        """Args: ``loss``, the reference's PGD and ``parallel`` as the subclasses state them; ``common``, the
+        threat model, ``max_examples`` and ``which`` of :class:`~lit_robust.measures.base.Measure`."""
+        super().__init__(**common)
+        check_choice(loss, "loss", ("rloss", "loss"))
+        self.loss, self.parallel = loss, parallel
+        self.reference_pgd_steps, self.reference_pgd_restarts = reference_pgd_steps, reference_pgd_restarts
+
+    @property
+    def name(self) -> str:
+        return f"{self.prefix}_{self.loss}"
 
     def meter_settings(self) -> Dict[str, object]:
         """The measure's own arguments of :class:`FlatnessMeasures`."""

@@ -8,7 +8,7 @@ Hessian-vector products by double backpropagation, summed over the batches and o
 per iteration, so every process follows the same vector), until lambda = v^T H v changes by less than ``tol``
 relative. Power iteration finds the eigenvalue of largest magnitude, which at a minimum is the largest. In
 RLoss the examples are adversarial examples found by PGD at w and then held fixed, as for the Hessian trace
-(:mod:`lit_robust.measures.hessian_trace`). :func:`~lit_robust.landscape.hessian_max_eigenvalue` is the same
+(:mod:`lit_robust.measures.hessian_trace`). :func:`~lit_robust.measures.landscape.hessian_max_eigenvalue` is the same
 on one batch, with its eigenvector.
 """
 
@@ -19,8 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from lit_robust.attacks import Norm, per_example_loss
-from lit_robust.errors import check, check_choice
-from lit_robust.measures.base import Examples, LossKind, Measure, MeasureResult, Reduce, reduced
+from lit_robust.errors import check
+from lit_robust.measures.base import Examples, LossKind, MeasureResult, Reduce, reduced
+from lit_robust.measures.hessian import HessianMeasure
 from lit_robust.measures.registry import register_measure
 from lit_robust.measures.settings import FlatnessSettings
 from lit_robust.weights import Selection, gaussian_direction, names_and_weights
@@ -53,36 +54,28 @@ def power_iteration(hvp: Callable[[List[Tensor]], List[Tensor]], start: List[Ten
 
 @register_measure("lambda_max_rloss", loss="rloss")
 @register_measure("lambda_max_loss", loss="loss")
-class HessianMaxEigenvalue(Measure):
+class HessianMaxEigenvalue(HessianMeasure):
     """lambda_max of the Hessian of the mean RLoss (at fixed PGD examples) or clean Loss over the examples.
 
     ``flatness`` and ``perturbed`` are lambda_max, ``reference`` 0, ``std`` 0; ``details`` holds
     ``iterations``, the power iterations run.
 
     Args:
-        loss: ``"rloss"`` (at adversarial examples found at w) or ``"loss"``.
         iterations: power iterations at most (100).
         tol: relative change of lambda at which to stop (1e-4).
-        steps: PGD iterations of the adversarial examples (20).
-        restarts: PGD restarts, worst case per example (1).
-        epsilon: radius of the input threat model (see :class:`~lit_robust.measures.base.Measure`).
-        step_size: PGD step size.
-        norm: input threat model.
-        random_start: PGD starts at a random point of the ball.
-        max_examples: at most this many examples from the start of the loader (1000).
-        which: tensors of the weight space (see :func:`~lit_robust.weights.select_parameters`).
+        loss: the loss, PGD and weight space of :class:`~lit_robust.measures.hessian.HessianMeasure`, and its
+            other settings.
     """
 
     def __init__(self, *, loss: LossKind = "rloss", iterations: int = 100, tol: float = 1e-4, steps: int = 20,
                  restarts: int = 1, epsilon: Optional[float] = None, step_size: Optional[float] = None,
                  norm: Optional[Norm] = None, random_start: bool = True, max_examples: Optional[int] = 1000,
                  which: Selection = "all") -> None:
-        super().__init__(epsilon=epsilon, step_size=step_size, norm=norm, random_start=random_start,
-                         max_examples=max_examples, which=which)
-        check_choice(loss, "loss", ("rloss", "loss"))
+        super().__init__(loss=loss, steps=steps, restarts=restarts, epsilon=epsilon, step_size=step_size, norm=norm,
+                         random_start=random_start, max_examples=max_examples, which=which)
         check(isinstance(iterations, int) and iterations >= 1, "iterations", iterations, "an integer >= 1")
         check(tol >= 0, "tol", tol, "a number >= 0")
-        self.loss, self.iterations, self.tol, self.steps, self.restarts = loss, iterations, tol, steps, restarts
+        self.iterations, self.tol = iterations, tol
 
     @property
     def name(self) -> str:

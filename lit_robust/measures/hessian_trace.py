@@ -6,8 +6,8 @@ H the Hessian of the mean cross-entropy over the first ``max_examples`` examples
 tensors of :func:`~lit_robust.weights.select_parameters` (batch normalisation excluded), each
 v^T H v by one Hessian-vector product (double backpropagation). In RLoss the examples are fixed
 adversarial examples, found by PGD at w before differentiating (the Hessian of L(f(x_adv; w), y) at
-fixed x_adv, as the measures of :mod:`lit_robust.landscape` treat it); in clean Loss the clean ones.
-It sits beside lambda_max (:func:`~lit_robust.landscape.hessian_max_eigenvalue`) and, like it, is not
+fixed x_adv, as the measures of :mod:`lit_robust.measures.landscape` treat it); in clean Loss the clean ones.
+It sits beside lambda_max (:func:`~lit_robust.measures.landscape.hessian_max_eigenvalue`) and, like it, is not
 invariant to rescaling the weights (Stutz et al. 2021, supplement Sec. E).
 
 The same probe vectors serve every batch, so the estimate is v^T H v of the Hessian of the loss over
@@ -21,8 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from lit_robust.attacks import PGD, Norm, per_example_loss
-from lit_robust.errors import check, check_choice
-from lit_robust.measures.base import Examples, LossKind, Measure, MeasureResult, Reduce, reduced
+from lit_robust.errors import check
+from lit_robust.measures.base import Examples, LossKind, MeasureResult, Reduce, reduced
+from lit_robust.measures.hessian import HessianMeasure
 from lit_robust.measures.registry import register_measure
 from lit_robust.measures.settings import FlatnessSettings
 from lit_robust.weights import Selection, names_and_weights
@@ -68,30 +69,22 @@ def reduced_forms(model: nn.Module, batches: Iterable[Tuple[Tensor, Tensor]], te
     return totals[:samples] / count, count
 
 
-class HutchinsonMeasure(Measure):
+class HutchinsonMeasure(HessianMeasure):
     """What the Hutchinson estimates share: ``samples`` probes, and PGD for the adversarial examples of RLoss.
 
     Args:
-        loss: ``"rloss"`` (at adversarial examples found at w) or ``"loss"``.
         samples: probes (100).
-        steps: PGD iterations of the adversarial examples (20).
-        restarts: PGD restarts, worst case per example (1).
-        epsilon: radius of the input threat model (see :class:`~lit_robust.measures.base.Measure`).
-        step_size: PGD step size.
-        norm: input threat model.
-        random_start: PGD starts at a random point of the ball.
-        max_examples: at most this many examples from the start of the loader (1000).
-        which: tensors of the weight space (see :func:`~lit_robust.weights.select_parameters`).
+        loss: the loss, PGD and weight space of :class:`~lit_robust.measures.hessian.HessianMeasure`, and its
+            other settings.
     """
 
     def __init__(self, *, loss: LossKind = "rloss", samples: int = 100, steps: int = 20, restarts: int = 1,
                  epsilon: Optional[float] = None, step_size: Optional[float] = None, norm: Optional[Norm] = None,
                  random_start: bool = True, max_examples: Optional[int] = 1000, which: Selection = "all") -> None:
-        super().__init__(epsilon=epsilon, step_size=step_size, norm=norm, random_start=random_start,
-                         max_examples=max_examples, which=which)
-        check_choice(loss, "loss", ("rloss", "loss"))
+        super().__init__(loss=loss, steps=steps, restarts=restarts, epsilon=epsilon, step_size=step_size, norm=norm,
+                         random_start=random_start, max_examples=max_examples, which=which)
         check(isinstance(samples, int) and samples >= 1, "samples", samples, "an integer >= 1")
-        self.loss, self.samples, self.steps, self.restarts = loss, samples, steps, restarts
+        self.samples = samples
 
     @classmethod
     def from_settings(cls, settings: FlatnessSettings, options: Dict[str, Any], **fixed: Any) -> "HutchinsonMeasure":

@@ -29,8 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from lit_robust.attacks import Norm
+from lit_robust.attacks.evaluation import clean_and_robust
 from lit_robust.errors import check, check_choice
-from lit_robust.evaluation import clean_and_robust
 from lit_robust.measures.base import Examples, Measure, MeasureResult, Reduce, reduced
 from lit_robust.measures.registry import register_measure
 from lit_robust.measures.settings import FlatnessSettings

@@ -10,7 +10,6 @@ the restarts.
 from typing import Any, Dict, Optional
 
 from lit_robust.attacks import Norm
-from lit_robust.errors import check_choice
 from lit_robust.measures.base import LossKind
 from lit_robust.measures.flatness import PaperFlatness
 from lit_robust.measures.registry import register_measure
@@ -40,23 +39,20 @@ class WorstCaseFlatness(PaperFlatness):
         which: tensors that make up B_xi(w) (see :func:`~lit_robust.weights.select_parameters`).
     """
 
+    prefix = "worst"
+
     def __init__(self, *, loss: LossKind = "rloss", xi: float = 0.003, ascent_iterations: int = 20,
                  ascent_restarts: int = 10, lr: float = 0.001, reference_pgd_steps: int = 20,
                  reference_pgd_restarts: int = 10, parallel: int = 10, epsilon: Optional[float] = None,
                  step_size: Optional[float] = None, norm: Optional[Norm] = None, random_start: bool = True,
                  max_examples: Optional[int] = 1000, which: Selection = "all") -> None:
-        super().__init__(epsilon=epsilon, step_size=step_size, norm=norm, random_start=random_start,
-                         max_examples=max_examples, which=which)
-        check_choice(loss, "loss", ("rloss", "loss"))
-        self.loss, self.xi, self.lr = loss, xi, lr
+        super().__init__(loss=loss, reference_pgd_steps=reference_pgd_steps,
+                         reference_pgd_restarts=reference_pgd_restarts, parallel=parallel, epsilon=epsilon,
+                         step_size=step_size, norm=norm, random_start=random_start, max_examples=max_examples,
+                         which=which)
+        self.xi, self.lr = xi, lr
         self.ascent_iterations, self.ascent_restarts = ascent_iterations, ascent_restarts
-        self.reference_pgd_steps, self.reference_pgd_restarts = reference_pgd_steps, reference_pgd_restarts
-        self.parallel = parallel
         self.meter()  # the checks of the settings, now
-
-    @property
-    def name(self) -> str:
-        return f"worst_{self.loss}"
 
     @classmethod
     def from_settings(cls, settings: FlatnessSettings, options: Dict[str, Any], **fixed: Any) -> "WorstCaseFlatness":

@@ -40,13 +40,14 @@ from lit_robust.attacks import (
     ThreatModel,
     check_step_size,
     check_threat_model,
-    require_input_gradients,
 )
-from lit_robust.batches import DEFAULT_BATCH_KEYS, FirstExamples, inputs_and_targets
+from lit_robust.attacks.evaluation import AutoAttackVersion, autoattack_wrong, clean_and_robust, evaluate
+from lit_robust.attacks.sanity import check_gradient_masking, check_input_range
+from lit_robust.data.batches import DEFAULT_BATCH_KEYS, FirstExamples, inputs_and_targets
 from lit_robust.errors import check, check_choice
-from lit_robust.evaluation import AutoAttackVersion, autoattack_wrong, clean_and_robust, evaluate
+from lit_robust.inference_mode import require_gradients
+from lit_robust.metric_names import TEST, TEST_RERR_AA, TRAIN, TRAIN_STEP, VAL
 from lit_robust.models.normalize import Normalize
-from lit_robust.sanity import check_gradient_masking, check_input_range
 from lit_robust.weights import select_parameters
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class AdversarialModule(LightningModule):
             parameter names and checkpoints are unchanged); the attacks take their input gradients
             through the compiled network.
         batch_keys: the keys of the inputs and the labels in dict batches (the batch contract of
-            :mod:`lit_robust.batches`: a tuple or list batch gives its first two elements, ``(x, y, index)``
+            :mod:`lit_robust.data.batches`: a tuple or list batch gives its first two elements, ``(x, y, index)``
             included); the callbacks read them from the module.
     """
 
@@ -248,8 +249,8 @@ class AdversarialModule(LightningModule):
             rerr = (adversarial_logits.argmax(dim=1) != y).float().mean()
         values = {"loss": loss, "rloss": rloss, "rerr": rerr}
         # the epoch's means under the plain names (train/loss), each step's values beside them (train_step/loss)
-        self.log_dict({f"train/{name}": value for name, value in values.items()}, on_step=False, on_epoch=True)
-        self.log_dict({f"train_step/{name}": value for name, value in values.items()}, on_step=True, on_epoch=False)
+        self.log_dict({f"{TRAIN}{name}": value for name, value in values.items()}, on_step=False, on_epoch=True)
+        self.log_dict({f"{TRAIN_STEP}{name}": value for name, value in values.items()}, on_step=True, on_epoch=False)
 
     @override
     def on_after_backward(self) -> None:
@@ -272,7 +273,7 @@ class AdversarialModule(LightningModule):
                 weight.grad = penalty if weight.grad is None else weight.grad.add_(penalty)
 
     def inputs_and_targets(self, batch: Any, labelled: bool = True) -> Tuple[Any, Optional[Tensor]]:
-        """``(x, y)`` of ``batch`` by the batch contract (:func:`lit_robust.batches.inputs_and_targets`, with
+        """``(x, y)`` of ``batch`` by the batch contract (:func:`lit_robust.data.batches.inputs_and_targets`, with
         :attr:`batch_keys`): every step of every variant reads its batch here."""
         return inputs_and_targets(batch, self.batch_keys, labelled)
 
@@ -281,7 +282,7 @@ class AdversarialModule(LightningModule):
         x, y = self.inputs_and_targets(batch)
         for name, values in clean_and_robust(self.model, x, y, self.val_attack).items():
             self.val_metrics[name].update(values)
-            self.log(f"val/{name}", self.val_metrics[name], on_epoch=True, prog_bar=name == "rerr")
+            self.log(f"{VAL}{name}", self.val_metrics[name], on_epoch=True, prog_bar=name == "rerr")
 
     @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
@@ -289,12 +290,12 @@ class AdversarialModule(LightningModule):
         values = clean_and_robust(self.model, x, y, self.test_attack)
         for name, key in (("err", "err"), ("loss", "loss"), ("rerr", "rerr_pgd"), ("rloss", "rloss_pgd")):
             self.test_metrics[key].update(values[name])
-            self.log(f"test/{key}", self.test_metrics[key], on_epoch=True)
+            self.log(f"{TEST}{key}", self.test_metrics[key], on_epoch=True)
         if self.hparams.autoattack:
             broken = autoattack_wrong(self.model, x, y, self.threat_model.epsilon, self.threat_model.norm,
                                       self.hparams.autoattack_version)
             self.test_metrics["rerr_aa"].update(broken.float())
-            self.log("test/rerr_aa", self.test_metrics["rerr_aa"], on_epoch=True)
+            self.log(TEST_RERR_AA, self.test_metrics["rerr_aa"], on_epoch=True)
 
     @override
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Tensor]:
@@ -365,7 +366,7 @@ class AdversarialModule(LightningModule):
             x, y = self.inputs_and_targets(batch)
             self.check_network_fits_data(x)
             check_input_range(x)
-            require_input_gradients()
+            require_gradients("attacks")
             check_gradient_masking(self.model, x, y)
 
     @override
@@ -381,7 +382,7 @@ class AdversarialModule(LightningModule):
         totals = {name: self.trainer.strategy.reduce(value, reduce_op="sum") for name, value in totals.items()}
         count = totals.pop("count")
         names = {"err": "err_train", "loss": "loss_train", "rerr": "rerr_pgd_train", "rloss": "rloss_pgd_train"}
-        self.log_dict({f"test/{names[k]}": v / count for k, v in totals.items()}, sync_dist=False)
+        self.log_dict({f"{TEST}{names[k]}": v / count for k, v in totals.items()}, sync_dist=False)
 
     @override
     def on_before_backward(self, loss: Tensor) -> None:

@@ -9,8 +9,8 @@ from typing_extensions import override
 
 from lit_robust.data.base import AdversarialDataModule
 from lit_robust.errors import ConfigurationError, check
-from lit_robust.losses import jensen_shannon
 from lit_robust.modules.base import AdversarialModule, step_output
+from lit_robust.modules.losses import jensen_shannon
 
 
 class Consistency(AdversarialModule):
@@ -35,7 +35,7 @@ class Consistency(AdversarialModule):
     update's forward pass runs on both views together (batch normalisation sees 2B examples). Each
     example still gets its own perturbation: PGD runs in eval mode and ascends the sum of
     per-example losses, so the perturbation of one view never depends on the other. The JS term is
-    computed exactly (see :func:`~lit_robust.losses.jensen_shannon`), where the official code clamps
+    computed exactly (see :func:`~lit_robust.modules.losses.jensen_shannon`), where the official code clamps
     the mixture at 1e-8. ``train/rloss`` and ``train/rerr`` are measured on both adversarial views.
 
     Per training step with PGD-K, on a batch of B images (2B views): K forward and K input-only

@@ -13,8 +13,8 @@ from typing_extensions import override
 
 from lit_robust.attacks import PGD
 from lit_robust.errors import ConfigurationError, check
-from lit_robust.losses import trades_loss
 from lit_robust.modules.base import AdversarialModule, step_output
+from lit_robust.modules.losses import trades_loss
 from lit_robust.modules.objectives import base_attack
 
 

@@ -1,8 +1,6 @@
 """MART, misclassification-aware adversarial training (Wang et al. 2020; Stutz et al. 2021, supplement Eq. 14-15)."""
 
-from typing import Any
 
-from lit_robust.errors import check
 from lit_robust.modules.objectives import ObjectiveModule
 
 
@@ -14,7 +12,7 @@ class MART(ObjectiveModule):
     mode, as in the official implementation the paper follows. The paper's text and the official
     code agree on the direction of the KL term (clean distribution first); the official code adds
     small constants inside the logarithms (1.0001, 1e-12) and to the weight (1.0000001), which this
-    implementation leaves out (see :func:`~lit_robust.losses.mart_binary_cross_entropy`).
+    implementation leaves out (see :func:`~lit_robust.modules.losses.mart_binary_cross_entropy`).
 
     Per training step with PGD-K: K + 2 forward passes (K attack iterations, clean and adversarial
     for the update), K input-only backward passes, one full backward pass (PGD-7: 9 forward, 7
@@ -22,12 +20,8 @@ class MART(ObjectiveModule):
 
     Args:
         lam: weight lambda of the KL term (1, 3, 6 or 9 in the paper; 6 in the official code).
-        **kwargs: :class:`~lit_robust.modules.base.AdversarialModule` arguments.
+        **kwargs: :class:`~lit_robust.modules.objectives.ObjectiveModule` arguments.
     """
-
-    def __init__(self, *args: Any, lam: float = 6.0, **kwargs: Any) -> None:
-        check(lam >= 0, "lam", lam, "a number >= 0 (the paper uses 1, 3, 6 or 9)")
-        super().__init__(*args, **kwargs)
 
     # ObjectiveModule.training_step runs the inner maximisation, PGD on cross-entropy from 0.001 * N(0, 1)
     # (last iterate, eval mode), then the outer loss of Eq. 15

@@ -26,8 +26,8 @@ from typing_extensions import override
 
 from lit_robust.attacks import PGD, Norm
 from lit_robust.errors import check, check_choice
-from lit_robust.losses import mart_loss, trades_loss
 from lit_robust.modules.base import AdversarialModule, step_output
+from lit_robust.modules.losses import mart_loss, trades_loss
 
 BaseLoss = Literal["at", "trades", "mart"]
 SMALL_START_STD = 0.001
@@ -103,9 +103,18 @@ class ObjectiveModule(AdversarialModule):
     :attr:`objective` (a key of :data:`OBJECTIVES`): its training attack and, by :meth:`robust_loss`,
     its outer loss with weight ``lam``. Subclasses name the objective (TRADES, MART) or take it as an
     argument (:class:`BaseLossModule`, UnlabeledAT); those that change the update (AWP, AMP, SAM)
-    override :meth:`training_step`."""
+    override :meth:`training_step`.
+
+    Args:
+        lam: weight lambda of the KL term of TRADES and MART (1, 3, 6 or 9 in Stutz et al. 2021; unused for AT).
+        **kwargs: :class:`~lit_robust.modules.base.AdversarialModule` arguments.
+    """
 
     objective: str = "at"
+
+    def __init__(self, *args: Any, lam: float = 6.0, **kwargs: Any) -> None:
+        check(lam >= 0, "lam", lam, "a number >= 0 (the paper uses 1, 3, 6 or 9)")
+        super().__init__(*args, **kwargs)
 
     def make_train_attack(self) -> PGD:
         """The training attack of :attr:`objective` (see :func:`base_attack`)."""
@@ -139,8 +148,7 @@ class BaseLossModule(ObjectiveModule):
 
     def __init__(self, *args: Any, base_loss: BaseLoss = "at", lam: float = 6.0, **kwargs: Any) -> None:
         check_choice(base_loss, "base_loss", ("at", "trades", "mart"))
-        check(lam >= 0, "lam", lam, "a number >= 0")
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, lam=lam, **kwargs)
 
     @property
     def objective(self) -> str:

@@ -9,8 +9,8 @@ from typing_extensions import override
 
 from lit_robust.attacks import restore_modes
 from lit_robust.errors import check
-from lit_robust.losses import noisy_labels, smoothed_cross_entropy
 from lit_robust.modules.base import AdversarialModule, step_output
+from lit_robust.modules.losses import noisy_labels, smoothed_cross_entropy
 
 
 class PGDAT(AdversarialModule):

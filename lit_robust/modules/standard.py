@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from typing_extensions import override
 
+from lit_robust.metric_names import TRAIN_ERR, TRAIN_LOSS
 from lit_robust.modules.base import AdversarialModule
 
 
@@ -38,4 +39,4 @@ class StandardTraining(AdversarialModule):
         logits, y = outputs["logits"].detach(), outputs["y"]
         with torch.no_grad():
             err = (logits.argmax(dim=1) != y).float().mean()
-        self.log_dict({"train/loss": outputs["loss"].detach(), "train/err": err}, on_step=True, on_epoch=True)
+        self.log_dict({TRAIN_LOSS: outputs["loss"].detach(), TRAIN_ERR: err}, on_step=True, on_epoch=True)

@@ -12,6 +12,7 @@ from typing_extensions import override
 from lit_robust.attacks import PGD, restore_modes
 from lit_robust.data.indexed import with_example_indices
 from lit_robust.errors import check
+from lit_robust.metric_names import TRAIN
 from lit_robust.modules.base import AdversarialModule, step_output
 
 
@@ -150,7 +151,7 @@ class TemporalEnsembling(AdversarialModule):
         loss = F.cross_entropy(logits, y)
         if ensemble_targets is not None:
             loss = loss + weight * ensemble_penalty(logits, ensemble_targets).mean()
-        self.log("train/te_weight", weight, on_step=False, on_epoch=True)
+        self.log(TRAIN + "te_weight", weight, on_step=False, on_epoch=True)
         return step_output(loss, logits, y)
 
     @override

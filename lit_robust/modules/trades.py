@@ -1,8 +1,6 @@
 """TRADES (Zhang et al. 2019; Stutz et al. 2021, supplement Eq. 13)."""
 
-from typing import Any
 
-from lit_robust.errors import check
 from lit_robust.modules.objectives import ObjectiveModule
 
 
@@ -23,12 +21,8 @@ class TRADES(ObjectiveModule):
 
     Args:
         lam: weight lambda of the KL term (1, 3, 6 or 9 in the paper; 6 is the common choice).
-        **kwargs: :class:`~lit_robust.modules.base.AdversarialModule` arguments.
+        **kwargs: :class:`~lit_robust.modules.objectives.ObjectiveModule` arguments.
     """
-
-    def __init__(self, *args: Any, lam: float = 6.0, **kwargs: Any) -> None:
-        check(lam >= 0, "lam", lam, "a number >= 0 (the paper uses 1, 3, 6 or 9)")
-        super().__init__(*args, **kwargs)
 
     # ObjectiveModule.training_step runs the inner maximisation, PGD on KL(f(x) || f(x + delta)) from
     # 0.001 * N(0, 1) (last iterate, eval mode), then the outer loss of Eq. 13

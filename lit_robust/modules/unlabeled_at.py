@@ -5,7 +5,7 @@ from typing import Any, Literal
 from typing_extensions import override
 
 from lit_robust.data.pseudo_labeled import PseudoLabeledDataModule
-from lit_robust.errors import ConfigurationError, check, check_choice
+from lit_robust.errors import ConfigurationError, check_choice
 from lit_robust.modules.objectives import ObjectiveModule
 
 
@@ -33,8 +33,7 @@ class UnlabeledAT(ObjectiveModule):
     def __init__(self, *args: Any, base_loss: Literal["at", "trades"] = "trades", lam: float = 6.0,
                  **kwargs: Any) -> None:
         check_choice(base_loss, "base_loss", ("at", "trades"))
-        check(lam >= 0, "lam", lam, "a number >= 0 (6 in the paper)")
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, lam=lam, **kwargs)
 
     @property
     def objective(self) -> str:

@@ -16,9 +16,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lit_robust.attacks import PGD, restore_modes
-from lit_robust.batches import DEFAULT_BATCH_KEYS, inputs_and_targets
-from lit_robust.input_contract import check_input_range
-from lit_robust.sanity import check_gradient_masking
+from lit_robust.attacks.input_contract import check_input_range
+from lit_robust.attacks.sanity import check_gradient_masking
+from lit_robust.data.batches import DEFAULT_BATCH_KEYS, inputs_and_targets
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,11 @@ def evaluate(model: nn.Module, batches: Iterable, attack: PGD, device: torch.dev
 
     Sums (not means) so that shares of several processes can be added before dividing. With
     ``sanity_checks`` the first batch also goes through
-    :func:`~lit_robust.sanity.check_gradient_masking` (warnings on gradient masking).
+    :func:`~lit_robust.attacks.sanity.check_gradient_masking` (warnings on gradient masking).
 
     Args:
         model: the network, taking [0, 1] images and returning logits.
-        batches: batches as a loader yields them (the batch contract of :mod:`lit_robust.batches`).
+        batches: batches as a loader yields them (the batch contract of :mod:`lit_robust.data.batches`).
         attack: the attack.
         device: where to evaluate.
         sanity_checks: run the gradient-masking checks on the first batch.

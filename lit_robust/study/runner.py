@@ -22,7 +22,7 @@ Lightning's own SLURM requeue is off for the runs). A run that fails is reported
 not stop the others; the exit status is 1 when any failed. The runs are handed to a submitit
 executor: ``local`` (``--jobs N`` processes at once, each with its share of the CPU threads or its
 own GPU), ``slurm`` (one job array for the whole study) or ``debug`` (in this process, one after
-the other). The report (``OUT/report``, see :mod:`lit_robust.report`) is written from the runs that
+the other). The report (``OUT/report``, see :mod:`lit_robust.study.report`) is written from the runs that
 have finished, at the end or at any time with ``--report-only``.
 """
 
@@ -40,7 +40,8 @@ import submitit
 import yaml
 
 from lit_robust.errors import check_readable_file, one_line_error
-from lit_robust.report import make_report
+from lit_robust.metric_names import FLATNESS_AVG_RLOSS, TEST_RERR_PGD, TEST_RLOSS_PGD, TEST_RLOSS_PGD_TRAIN
+from lit_robust.study.report import make_report
 
 log = logging.getLogger(__name__)
 LAUNCHERS = ("local", "slurm", "debug")
@@ -49,7 +50,7 @@ LAUNCHERS = ("local", "slurm", "debug")
 @dataclass
 class Run:
     """One run of the study to launch: its directory name, its method (the study entry) and its command line.
-    Its results, once it has finished, are read as a :class:`lit_robust.report.RunResults`."""
+    Its results, once it has finished, are read as a :class:`lit_robust.study.report.RunResults`."""
 
     name: str
     method: str
@@ -329,8 +330,8 @@ def _metrics_summary(metrics: Dict) -> str:
         v = metrics.get(key)
         return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
 
-    return (f"test RErr {value('test/rerr_pgd')}, RLoss {value('test/rloss_pgd')} "
-            f"(train {value('test/rloss_pgd_train')}), avg flatness {value('flatness/avg_rloss')}")
+    return (f"test RErr {value(TEST_RERR_PGD)}, RLoss {value(TEST_RLOSS_PGD)} "
+            f"(train {value(TEST_RLOSS_PGD_TRAIN)}), avg flatness {value(FLATNESS_AVG_RLOSS)}")
 
 
 def _finish(progress: Progress, run: Run, out: str, status: Optional[int], error: str = "") -> None:
@@ -443,7 +444,7 @@ def run_study(path: str, out: str, only: Optional[Sequence[str]] = None, extra: 
               axes: Optional[Sequence[str]] = None) -> Dict:
     """Run every (or the ``only`` named) run of the study file at ``path`` that has not finished, then
     write the report of the finished ones (``axes``: those of the granulated Kendall coefficient, see
-    :func:`lit_robust.report.make_report`). Returns the report's summary plus ``failed`` (run names)."""
+    :func:`lit_robust.study.report.make_report`). Returns the report's summary plus ``failed`` (run names)."""
     launcher = launcher or Launcher()
     launcher.check()
     study = load_study(path)

@@ -23,17 +23,17 @@ code instead ascends the weights on adversarial examples fixed beforehand.
 """
 
 from dataclasses import dataclass
-from typing import List, Literal, Optional, Sequence
+from typing import List, Literal, Optional, Sequence, Tuple
 
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from lit_robust.attacks import PGD, per_example_loss, restore_modes
+from lit_robust.attacks.sanity import check_input_range
 from lit_robust.errors import check, check_choice
 from lit_robust.measures.flatness import joint_ascent, losses_at
 from lit_robust.measures.hessian_max_eigenvalue import Eigenpair, power_iteration
-from lit_robust.sanity import check_input_range
 from lit_robust.weights import Neighbourhood, Selection, gaussian_direction, names_and_weights, normalize_direction
 
 Direction = List[Tensor]
@@ -116,6 +116,15 @@ def adversarial_directions(model: nn.Module, x: Tensor, y: Tensor, attack: Optio
     return [normalize_direction([n.detach() for n in nu], weights, per=normalization, scale=length) for nu in found]
 
 
+def _checked_weights(model: nn.Module, x: Tensor, attack: Optional[PGD], steps: int,
+                     which: Selection) -> Tuple[List[str], List[Tensor]]:
+    """The checks of a landscape's settings, then the names and tensors its directions are over."""
+    if attack is not None:  # PGD clamps to [0, 1]
+        check_input_range(x)
+    check(steps >= 2, "steps", steps, "an integer >= 2")
+    return names_and_weights(model, which)
+
+
 def landscape_1d(model: nn.Module, x: Tensor, y: Tensor, directions: Sequence[Direction], attack: Optional[PGD],
                  kind: str = "random", steps: int = 51, which: Selection = "all", parallel: int = 10) -> Landscape:
     """RLoss (or Loss) at w + alpha d for ``steps`` evenly spaced alpha in [-1, 1], per direction.
@@ -133,10 +142,7 @@ def landscape_1d(model: nn.Module, x: Tensor, y: Tensor, directions: Sequence[Di
         which: tensors the directions are over.
         parallel: perturbations per vectorised pass; 1 one by one.
     """
-    if attack is not None:  # PGD clamps to [0, 1]
-        check_input_range(x)
-    check(steps >= 2, "steps", steps, "an integer >= 2")
-    names, weights = names_and_weights(model, which)
+    names, weights = _checked_weights(model, x, attack, steps, which)
     alphas = torch.linspace(-1.0, 1.0, steps)
     rows = [_mean_losses(model, names, weights, [direction], alphas[:, None], x, y, attack, parallel)
             for direction in directions]
@@ -158,10 +164,7 @@ def landscape_2d(model: nn.Module, x: Tensor, y: Tensor, direction_x: Direction,
         which: tensors the directions are over.
         parallel: perturbations per vectorised pass; 1 one by one.
     """
-    if attack is not None:  # PGD clamps to [0, 1]
-        check_input_range(x)
-    check(steps >= 2, "steps", steps, "an integer >= 2")
-    names, weights = names_and_weights(model, which)
+    names, weights = _checked_weights(model, x, attack, steps, which)
     grid = torch.linspace(-1.0, 1.0, steps)
     points = torch.cartesian_prod(grid, grid)  # alpha-major, as the returned (alpha, beta) array
     return _mean_losses(model, names, weights, [direction_x, direction_y], points, x, y, attack,

@@ -18,7 +18,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lit_robust.attacks import restore_modes
-from lit_robust.input_contract import check_input_range  # noqa: F401  (one import path for the checks)
+from lit_robust.attacks.input_contract import check_input_range  # noqa: F401  (one import path for the checks)
 
 
 def looks_like_probabilities(logits: Tensor, tolerance: float = 1e-3) -> bool:

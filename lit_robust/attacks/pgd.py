@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_robust.attacks.input_contract import check_input_range
 from lit_robust.errors import check, check_choice
-from lit_robust.input_contract import check_input_range
+from lit_robust.inference_mode import require_gradients
 
 Norm = Literal["linf", "l2"]
 BNMode = Literal["eval", "train"]
@@ -88,15 +89,6 @@ class restore_modes:
     def __exit__(self, *exc) -> None:
         for module, mode in self.modes:
             module.training = mode
-
-
-def require_input_gradients() -> None:
-    """Raise :class:`RuntimeError` with what to do when called under ``torch.inference_mode()``, where no
-    input gradient exists (Lightning's Trainer evaluates in inference mode by default)."""
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError(
-            "attacks need input gradients but were called under torch.inference_mode(); run the Trainer with "
-            "inference_mode=False (train.py does) or call them outside inference mode.")
 
 
 def check_threat_model(epsilon: float, norm: Norm, setting: str = "epsilon") -> None:
@@ -212,9 +204,10 @@ class PGD:
                 pass when they are not known already).
 
         Raises:
-            ConfigurationError: when ``x`` is not in [0, 1] (the input contract, :mod:`lit_robust.input_contract`).
+            ConfigurationError: when ``x`` is not in [0, 1] (the input contract,
+                :mod:`lit_robust.attacks.input_contract`).
         """
-        require_input_gradients()
+        require_gradients("attacks")
         check_input_range(x)
         x = x.detach()
         with restore_modes(model, self.bn_mode == "train"), torch.enable_grad():

@@ -1,6 +1,6 @@
 """Many runs -> the paper's table and plots: robust generalisation against flatness of the robust loss.
 
-    python -m lit_robust.report RUN_DIRS... --out DIR [--axes lr weight_decay] [--resamples 1000] [--seed 0]
+    python -m lit_robust.study.report RUN_DIRS... --out DIR [--axes lr weight_decay] [--resamples 1000] [--seed 0]
 
 Each run directory is a TensorBoard log directory written by ``train.py`` (``metrics.json`` from
 its test, event files with the per-epoch scalars, ``config.yaml``). The report writes
@@ -17,7 +17,7 @@ its test, event files with the per-epoch scalars, ``config.yaml``). The report w
   Pearson, Spearman and Kendall correlation over the runs with test RLoss, the RLoss gap (test - train
   RLoss), test RErr and the RErr gap (test - train RErr), each with a bootstrap confidence interval over
   the runs, and the granulated Kendall coefficient per hyper-parameter axis and its mean Psi (Jiang et
-  al. 2020, Sec. 4; see :mod:`lit_robust.statistics`), the hyper-parameters read from each run's
+  al. 2020, Sec. 4; see :mod:`lit_robust.study.statistics`), the hyper-parameters read from each run's
   ``config.yaml``; ``measures_ranking.png``: the measures ranked by Kendall's tau with their intervals;
 - ``table_by_method.md`` / ``table_by_method.csv``: the same columns per method, as mean and
   standard deviation over its seeds (runs named ``<method>_seed<S>``, as the study names them);
@@ -39,7 +39,27 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from lit_robust.errors import ConfigurationError, check, check_readable_file, one_line_error
-from lit_robust.statistics import (
+from lit_robust.metric_names import (
+    EARLY_STOPPING_BEST_RERR,
+    FLATNESS,
+    FLATNESS_AVG_LOSS,
+    FLATNESS_AVG_RLOSS,
+    FLATNESS_WORST_LOSS,
+    FLATNESS_WORST_RLOSS,
+    ROBUST_OVERFITTING_BEST_EPOCH,
+    ROBUST_OVERFITTING_BEST_RLOSS,
+    ROBUST_OVERFITTING_FINAL_RLOSS,
+    ROBUST_OVERFITTING_RISE_ABSOLUTE,
+    TEST_ERR,
+    TEST_RERR_AA,
+    TEST_RERR_AA_TRAIN,
+    TEST_RERR_PGD,
+    TEST_RERR_PGD_TRAIN,
+    TEST_RLOSS_PGD,
+    TEST_RLOSS_PGD_TRAIN,
+    VAL_RLOSS,
+)
+from lit_robust.study.statistics import (
     KINDS,
     Estimate,
     MeasuredModel,
@@ -50,7 +70,7 @@ from lit_robust.statistics import (
     resolve_axes,
     varying_hyperparameters,
 )
-from lit_robust.trainer_checks import check_directory
+from lit_robust.cli.trainer_checks import check_directory
 
 log = logging.getLogger(__name__)
 
@@ -58,33 +78,33 @@ log = logging.getLogger(__name__)
 # of RobustEarlyStopping; a run that restored the best weights (restore_best_weights) also reports
 # the early-stopped model in its test columns.
 COLUMNS: List[Tuple[str, str]] = [
-    ("Err (test)", "test/err"),
-    ("RErr PGD (test)", "test/rerr_pgd"),
-    ("RErr AA (test)", "test/rerr_aa"),
-    ("RErr PGD (train)", "test/rerr_pgd_train"),
-    ("RErr AA (train)", "test/rerr_aa_train"),
-    ("RErr (early stop, held-out)", "early_stopping/best_rerr"),
-    ("RLoss (test)", "test/rloss_pgd"),
-    ("RLoss (train)", "test/rloss_pgd_train"),
-    ("Avg Loss", "flatness/avg_loss"),
-    ("Worst Loss", "flatness/worst_loss"),
-    ("Avg RLoss", "flatness/avg_rloss"),
-    ("Worst RLoss", "flatness/worst_rloss"),
-    ("Held-out RLoss min", "robust_overfitting/best_rloss"),
-    ("Min epoch", "robust_overfitting/best_epoch"),
-    ("Rise (held-out RLoss end - min)", "robust_overfitting/rise_absolute"),
+    ("Err (test)", TEST_ERR),
+    ("RErr PGD (test)", TEST_RERR_PGD),
+    ("RErr AA (test)", TEST_RERR_AA),
+    ("RErr PGD (train)", TEST_RERR_PGD_TRAIN),
+    ("RErr AA (train)", TEST_RERR_AA_TRAIN),
+    ("RErr (early stop, held-out)", EARLY_STOPPING_BEST_RERR),
+    ("RLoss (test)", TEST_RLOSS_PGD),
+    ("RLoss (train)", TEST_RLOSS_PGD_TRAIN),
+    ("Avg Loss", FLATNESS_AVG_LOSS),
+    ("Worst Loss", FLATNESS_WORST_LOSS),
+    ("Avg RLoss", FLATNESS_AVG_RLOSS),
+    ("Worst RLoss", FLATNESS_WORST_RLOSS),
+    ("Held-out RLoss min", ROBUST_OVERFITTING_BEST_RLOSS),
+    ("Min epoch", ROBUST_OVERFITTING_BEST_EPOCH),
+    ("Rise (held-out RLoss end - min)", ROBUST_OVERFITTING_RISE_ABSOLUTE),
 ]
 # metrics computed from others: the rise of the held-out RLoss after its minimum, in loss units
-DERIVED = {"robust_overfitting/rise_absolute": ("robust_overfitting/final_rloss", "robust_overfitting/best_rloss")}
-FLATNESS_PANELS = [("flatness/avg_rloss", "average-case flatness in RLoss"),
-                   ("flatness/worst_rloss", "worst-case flatness in RLoss"),
-                   ("flatness/avg_loss", "average-case flatness in (clean) Loss")]
+DERIVED = {ROBUST_OVERFITTING_RISE_ABSOLUTE: (ROBUST_OVERFITTING_FINAL_RLOSS, ROBUST_OVERFITTING_BEST_RLOSS)}
+FLATNESS_PANELS = [(FLATNESS_AVG_RLOSS, "average-case flatness in RLoss"),
+                   (FLATNESS_WORST_RLOSS, "worst-case flatness in RLoss"),
+                   (FLATNESS_AVG_LOSS, "average-case flatness in (clean) Loss")]
 
 
 @dataclass
 class RunResults:
     """The results of one finished run: its label, its directory, its final metrics (``metrics.json``) and its
-    per-epoch scalars (TensorBoard). A study's run before it has results is a :class:`lit_robust.study.Run`."""
+    per-epoch scalars (TensorBoard). A study's run before it has results is a :class:`lit_robust.study.runner.Run`."""
 
     name: str
     path: str
@@ -101,8 +121,8 @@ class RunResults:
     @property
     def test_rerr(self) -> float:
         """RErr used for sorting: AutoAttack where measured, PGD otherwise."""
-        aa = self.get("test/rerr_aa")
-        return aa if not math.isnan(aa) else self.get("test/rerr_pgd")
+        aa = self.get(TEST_RERR_AA)
+        return aa if not math.isnan(aa) else self.get(TEST_RERR_PGD)
 
 
 def run_label(path: str) -> str:
@@ -215,7 +235,7 @@ def method_rows(runs: Sequence[RunResults]) -> List[List[str]]:
 
     def sort_key(method: str) -> Tuple[bool, float]:
         columns = statistics[method]["columns"]
-        aa, pgd = columns["test/rerr_aa"][0], columns["test/rerr_pgd"][0]
+        aa, pgd = columns[TEST_RERR_AA][0], columns[TEST_RERR_PGD][0]
         value = aa if math.isfinite(aa) else pgd
         return math.isnan(value), value
 
@@ -267,7 +287,7 @@ def figure_rloss_vs_flatness(runs: Sequence[RunResults]):
     fig, axes = plt.subplots(1, len(FLATNESS_PANELS), figsize=(5 * len(FLATNESS_PANELS), 4.2))
     correlations = {}
     for ax, (key, label) in zip(axes, FLATNESS_PANELS):
-        correlations[key] = _scatter(ax, runs, key, lambda run: run.get("test/rloss_pgd"), label, "test RLoss (PGD)")
+        correlations[key] = _scatter(ax, runs, key, lambda run: run.get(TEST_RLOSS_PGD), label, "test RLoss (PGD)")
     fig.suptitle("Robust loss against flatness (one point per run)")
     fig.tight_layout()
     return fig, correlations
@@ -278,15 +298,15 @@ def figure_gap_vs_flatness(runs: Sequence[RunResults]):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    r = _scatter(ax, runs, "flatness/avg_rloss",
-                 lambda run: run.get("test/rloss_pgd") - run.get("test/rloss_pgd_train"),
+    r = _scatter(ax, runs, FLATNESS_AVG_RLOSS,
+                 lambda run: run.get(TEST_RLOSS_PGD) - run.get(TEST_RLOSS_PGD_TRAIN),
                  "average-case flatness in RLoss", "RLoss gap (test - train)")
     fig.tight_layout()
     return fig, r
 
 
-def epoch_pairs(run: RunResults, y_tag: str = "val/rloss",
-                x_tag: str = "flatness/avg_rloss") -> List[Tuple[float, float]]:
+def epoch_pairs(run: RunResults, y_tag: str = VAL_RLOSS,
+                x_tag: str = FLATNESS_AVG_RLOSS) -> List[Tuple[float, float]]:
     """(flatness, RLoss) per epoch where both were logged at the same step.
 
     The first value per step is the epoch's: a test after fit logs its own flatness (with the
@@ -327,17 +347,17 @@ def figure_flatness_over_epochs(runs: Sequence[RunResults]):
 
 # (column title, the quantity the measures are correlated with)
 TARGETS = [
-    ("RLoss (test)", lambda run: run.get("test/rloss_pgd")),
-    ("RLoss gap", lambda run: run.get("test/rloss_pgd") - run.get("test/rloss_pgd_train")),
-    ("RErr (test)", lambda run: run.get("test/rerr_pgd")),
-    ("RErr gap", lambda run: run.get("test/rerr_pgd") - run.get("test/rerr_pgd_train")),
+    ("RLoss (test)", lambda run: run.get(TEST_RLOSS_PGD)),
+    ("RLoss gap", lambda run: run.get(TEST_RLOSS_PGD) - run.get(TEST_RLOSS_PGD_TRAIN)),
+    ("RErr (test)", lambda run: run.get(TEST_RERR_PGD)),
+    ("RErr gap", lambda run: run.get(TEST_RERR_PGD) - run.get(TEST_RERR_PGD_TRAIN)),
 ]
 
 
 def measure_names(runs: Sequence[RunResults]) -> List[str]:
     """Every ``flatness/*`` measure with a value in some run (standard deviations left out), sorted."""
     return sorted({key for run in runs for key, value in run.metrics.items()
-                   if key.startswith("flatness/") and "_std" not in key and isinstance(value, (int, float))})
+                   if key.startswith(FLATNESS) and "_std" not in key and isinstance(value, (int, float))})
 
 
 # run bookkeeping, not settings of the model: left out of a run's hyper-parameters
@@ -381,7 +401,7 @@ def recorded_hyperparameters(path: str) -> Dict[str, Any]:
 
 
 def measured_models(runs: Sequence[RunResults]) -> List[MeasuredModel]:
-    """The runs as :class:`~lit_robust.statistics.MeasuredModel`: their ``flatness/*`` measures, the
+    """The runs as :class:`~lit_robust.study.statistics.MeasuredModel`: their ``flatness/*`` measures, the
     :data:`TARGETS` and the hyper-parameters their directories record."""
     names = measure_names(runs)
     return [MeasuredModel(run.name, {name: run.get(name) for name in names},
@@ -457,7 +477,7 @@ def figure_measure_ranking(statistics: Sequence[MeasureStatistics], kind: str = 
         errors = np.array([[e.value - e.low, e.high - e.value] if math.isfinite(e.low) else [0.0, 0.0]
                            for e in estimates]).reshape(-1, 2).T
         ax.errorbar(values, np.arange(len(ranked)), xerr=errors, fmt="o", capsize=3, markersize=4)
-        ax.set_yticks(np.arange(len(ranked)), [s.measure.removeprefix("flatness/") for s in ranked], fontsize=7)
+        ax.set_yticks(np.arange(len(ranked)), [s.measure.removeprefix(FLATNESS) for s in ranked], fontsize=7)
         ax.axvline(0.0, color="0.6", linewidth=0.8)
         ax.set_xlim(-1.05, 1.05)
         ax.set_xlabel(f"{kind} with {target}")
@@ -550,7 +570,7 @@ def make_report(run_dirs: Sequence[str], out: str, axes: Optional[Sequence[str]]
                "measures_md": measures["measures_md"], "measures_csv": measures["measures_csv"],
                "axes": measures["axes"],
                "table_by_method_md": method_md, "table_by_method_csv": method_csv,
-               "pearson": {**{f"test/rloss_pgd vs {k}": v for k, v in correlations.items()},
+               "pearson": {**{f"{TEST_RLOSS_PGD} vs {k}": v for k, v in correlations.items()},
                            "rloss gap vs flatness/avg_rloss": gap_r}}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -568,7 +588,7 @@ def add_statistics_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lit_robust.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lit_robust.study.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", help="TensorBoard log directories of tested runs (with metrics.json)")
     parser.add_argument("--out", required=True, help="directory for the tables and figures")
     add_statistics_arguments(parser)

@@ -1,5 +1,5 @@
 """Export the network's weights of a checkpoint to a file a plain ``nn.Module`` loads:
-``python -m lit_robust.export CKPT OUT`` writes ``OUT`` with ``torch.save(state_dict)``, the keys without
+``python -m lit_robust.cli.export CKPT OUT`` writes ``OUT`` with ``torch.save(state_dict)``, the keys without
 the module's ``model.`` prefix, so that ``network.load_state_dict(torch.load(OUT))`` works. Which weights:
 ``--weights saved`` (default) the checkpoint's ``state_dict``, which holds the averaged weights when the run
 used ``WeightAveraging`` or ``StochasticWeightAveraging``; ``--weights current`` the weights training had
