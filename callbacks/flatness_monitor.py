@@ -3,7 +3,7 @@ the paper's, logged during training and on test."""
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Literal, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Union
 
 import pytorch_lightning as pl
 import torch
@@ -284,6 +284,13 @@ class FlatnessMonitor(ScheduledMeasurement):
         return lambda model, batches, reduce, generator: function(
             model, batches, loss=parts[-1], samples=s.hutchinson_samples, steps=s.pgd_steps, max_examples=None,
             reduce=reduce, generator=generator, **attack)
+
+    def test_metrics(self, pl_module: "pl.LightningModule") -> List[str]:
+        """The names this callback logs on test (the HParams session's metrics): each measure on each test split."""
+        if not self.on_test:
+            return []
+        return [f"flatness/{measure}{'' if split == 'eval' else '_train'}"
+                for split in self.test_splits for measure in self.measures]
 
     @override
     def _measure(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:

@@ -112,6 +112,8 @@ class AdversarialModule(LightningModule):
         compile: compile the network with ``torch.compile`` in :meth:`configure_model` (in place, so
             parameter names and checkpoints are unchanged); the attacks take their input gradients
             through the compiled network.
+        log_every_step: also log every training step's ``loss``, ``rloss`` and ``rerr`` as ``train_step/...``
+            (the epoch's means, ``train/...``, are always logged).
     """
 
     def __init__(self, model: nn.Module, optimizer: OptimizerCallable = paper_sgd,
@@ -122,7 +124,8 @@ class AdversarialModule(LightningModule):
                  val_steps: int = 7, val_restarts: int = 5, test_steps: int = 20, test_restarts: int = 10,
                  test_on_train: bool = True, autoattack: bool = False,
                  autoattack_version: AutoAttackVersion = "standard", train_epsilon: Optional[float] = None,
-                 l1_penalty: float = 0.0, predict_adversarial: bool = False, compile: bool = False) -> None:
+                 l1_penalty: float = 0.0, predict_adversarial: bool = False, compile: bool = False,
+                 log_every_step: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
         check(isinstance(model, nn.Module), "model", type(model).__name__, "an nn.Module")
@@ -199,7 +202,8 @@ class AdversarialModule(LightningModule):
 
     def log_training(self, outputs: Mapping[str, Any]) -> None:
         """Log ``train/loss`` (the objective), ``train/rloss`` and ``train/rerr`` on the training adversarial
-        examples: the epoch's means under these names, each step's values as ``train_step/loss`` etc.
+        examples: the epoch's means under these names, with ``log_every_step`` each step's values as
+        ``train_step/loss`` etc.
 
         Args:
             outputs: what :meth:`training_step` returned, a :func:`step_output` dictionary: ``loss`` (the
@@ -220,9 +224,12 @@ class AdversarialModule(LightningModule):
             rloss = F.cross_entropy(adversarial_logits.float(), y)
             rerr = (adversarial_logits.argmax(dim=1) != y).float().mean()
         values = {"loss": loss, "rloss": rloss, "rerr": rerr}
-        # the epoch's means under the plain names (train/loss), each step's values beside them (train_step/loss)
+        # the epoch's means under the plain names (train/loss), each step's values beside them (train_step/loss) when
+        # asked for
         self.log_dict({f"train/{name}": value for name, value in values.items()}, on_step=False, on_epoch=True)
-        self.log_dict({f"train_step/{name}": value for name, value in values.items()}, on_step=True, on_epoch=False)
+        if self.hparams.get("log_every_step", False):
+            self.log_dict({f"train_step/{name}": value for name, value in values.items()}, on_step=True,
+                          on_epoch=False)
 
     def on_after_backward(self) -> None:
         """Add the gradient of ``l1_penalty * sum_l ||w_l||_1``, ``l1_penalty * sign(w)``, to the gradients of the
