@@ -67,7 +67,7 @@ class RobustOverfitting(Callback):
         self.lr: Dict[int, float] = {}
         self.flatness: Dict[int, float] = {}
         self._pending_train_epoch: Optional[int] = None
-        self._last_flatness: Any = None
+        self._flatness_before: Optional[float] = None
 
     @property
     def state_key(self) -> str:
@@ -94,17 +94,25 @@ class RobustOverfitting(Callback):
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._write_layout(trainer)
 
+    def _flatness_now(self, trainer: "pl.Trainer") -> Optional[float]:
+        value = trainer.callback_metrics.get(self.flatness_metric) if self.flatness_metric else None
+        return None if value is None else float(value)
+
+    @override
+    def on_validation_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        # callback_metrics keeps a metric's last value: flatness measured in this validation is a value it did not
+        # hold before
+        self._flatness_before = self._flatness_now(trainer)
+
     @override
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit" or "val/rloss" not in trainer.callback_metrics:
             return
         epoch = trainer.current_epoch
         self.val_rloss[epoch] = float(trainer.callback_metrics["val/rloss"])
-        value = trainer.callback_metrics.get(self.flatness_metric) if self.flatness_metric else None
-        # callback_metrics keeps a metric's last value; a measurement of this epoch is a new tensor
-        if value is not None and value is not self._last_flatness:
-            self.flatness[epoch] = float(value)
-            self._last_flatness = value
+        flatness = self._flatness_now(trainer)
+        if flatness is not None and flatness != self._flatness_before:
+            self.flatness[epoch] = flatness
         if self.plot_every_n_epochs and (epoch + 1) % self.plot_every_n_epochs == 0:
             self._record_train_rloss(trainer)
             self._plot(trainer, self.lr_drops())
