@@ -35,8 +35,8 @@ class HParamsSession(Callback):
 
     Args:
         hparams: the hyper-parameters, a nest of dicts flattened to ``a/b`` names; ``None``: the module's
-            and the data module's ``hparams_initial``. Values other than numbers, strings and booleans
-            (lists, ``None``, classes, functions) are shown as readable text.
+            and the data module's ``hparams_initial``. Values other than numbers and strings (booleans,
+            lists, ``None``, classes, functions) are shown as readable text.
         metrics: further metric tags to show beside the hyper-parameters.
     """
 
@@ -139,14 +139,17 @@ def flatten(nest: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 
 def readable(flat: Dict[str, Any]) -> Dict[str, Any]:
-    """Values the HParams plugin stores (numbers, strings, booleans) and a person reads: lists as ``[25, 124]``,
-    ``None`` as ``None``, classes and functions by their dotted name instead of ``<function ... at 0x...>``."""
+    """Values the HParams plugin stores (numbers and strings) and a person reads: lists as ``[25, 124]``, ``None``
+    and booleans as ``None``, ``True``, ``False``, classes and functions by their dotted name instead of
+    ``<function ... at 0x...>``."""
     return {name: text(value) for name, value in flat.items()}
 
 
 def text(value: Any) -> Any:
     """One value as the HParams plugin stores it (see :func:`readable`)."""
-    if isinstance(value, (bool, int, float, str)):
+    if isinstance(value, bool):  # the HPARAMS tab shows a boolean as 0 or 1
+        return str(value)
+    if isinstance(value, (int, float, str)):
         return value
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(str(text(item)) for item in value) + "]"

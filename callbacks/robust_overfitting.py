@@ -114,7 +114,6 @@ class RobustOverfitting(Callback):
         if flatness is not None and flatness != self._flatness_before:
             self.flatness[epoch] = flatness
         if self.plot_every_n_epochs and (epoch + 1) % self.plot_every_n_epochs == 0:
-            self._record_train_rloss(trainer)
             self._plot(trainer, self.lr_drops())
 
     @override

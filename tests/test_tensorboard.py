@@ -53,6 +53,7 @@ def test_two_runs_are_two_hparams_rows_with_their_learning_rate_and_test_results
         assert hparams["model/epsilon"] == pytest.approx(0.2) and hparams["model/train_steps"] == 7
         assert hparams["data/train_size"] == 200 and hparams["seed_everything"] == 0
         assert hparams["trainer/max_epochs"] == 2 and hparams["model/model/activation_kwargs"] == "None"
+        assert hparams["model/autoattack"] == "False" and hparams["model/test_on_train"] == "True"
         assert hparams["callbacks"] == "[RobustOverfitting, FlatnessMonitor]"
         assert not [value for value in hparams.values() if isinstance(value, str) and " at 0x" in value]
         for tag in ("test/err", "test/rerr_pgd", "test/rloss_pgd", "test/rerr_pgd_train", "robust_overfitting/rise",
@@ -66,8 +67,8 @@ def test_two_runs_are_two_hparams_rows_with_their_learning_rate_and_test_results
             tag for tag, _ in written].index("val/rloss")
         assert not [tag for tag, _ in written if tag == "hp_metric"]
         assert [step for tag, step in written if tag == "test/rerr_pgd"] == [4]  # once, at the trained step
-        epochs = [tag for tag, _ in written if tag == "flatness/avg_rloss"]
-        assert len(epochs) == 3  # the demo's flatness: two epochs and the test
+        measured = [step for tag, step in written if tag == "flatness/avg_rloss"]
+        assert measured == [3, 4]  # the demo's flatness every 2nd epoch (epoch 1, step 3), then on test
         steps = [tag for tag, _ in written if tag.startswith("train_step/")]
         assert bool(steps) == (version == "version_1")  # only with log_every_step
 
@@ -78,6 +79,6 @@ def test_hyperparameters_are_readable_text():
             "factory": SmallCNNFC, "function": torch.nn.functional.relu, "network": {"class_path": "a.B",
                                                                                   "init_args": {"width": 4}}}
     assert readable(flatten(nest)) == {
-        "optimizer": "torch.optim.sgd.SGD(lr=0.1)", "milestones": "[25, 124]", "none": "None", "flag": True,
+        "optimizer": "torch.optim.sgd.SGD(lr=0.1)", "milestones": "[25, 124]", "none": "None", "flag": "True",
         "rate": 0.5, "name": "relu", "factory": "lit_robust.models.small_cnn_fc.SmallCNNFC",
         "function": "torch.nn.functional.relu", "network": "a.B", "network/width": 4}
