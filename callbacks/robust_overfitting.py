@@ -113,7 +113,8 @@ class RobustOverfitting(Callback):
         flatness = self._flatness_now(trainer)
         if flatness is not None and flatness != self._flatness_before:
             self.flatness[epoch] = flatness
-        if self.plot_every_n_epochs and (epoch + 1) % self.plot_every_n_epochs == 0:
+        last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs  # on_fit_end draws that one
+        if self.plot_every_n_epochs and (epoch + 1) % self.plot_every_n_epochs == 0 and not last:
             self._plot(trainer, self.lr_drops())
 
     @override
