@@ -12,8 +12,9 @@ $(STAMP): setup.cfg constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
+# the AT recipe that overfits robustly, with per-epoch flatness (configs/digits/settings/flatness.yaml)
 demo: $(STAMP)
-	$(PY) train.py fit --config configs/digits/at.yaml
+	$(PY) train.py fit --config configs/digits/at.yaml --config configs/digits/settings/flatness.yaml
 
 test: $(STAMP)
 	$(PY) -m ruff check .

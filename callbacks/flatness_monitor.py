@@ -204,6 +204,13 @@ class FlatnessMonitor(ScheduledMeasurement):
         else:
             self._threat_model = CLEAN_ONLY
 
+    def test_metrics(self, pl_module: "pl.LightningModule") -> List[str]:
+        """The names this callback logs on test (the HParams session's metrics): each measure on each test split."""
+        if not self.on_test:
+            return []
+        return [f"flatness/{measure}{'' if split == 'eval' else '_train'}"
+                for split in self.test_splits for measure in self.measures]
+
     @override
     def _measure(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         datamodule = trainer.datamodule

@@ -17,6 +17,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+from lit_robust.callbacks.hparams_session import HParamsSession
 from lit_robust.callbacks.metrics_file import MetricsFile
 from lit_robust.cli.checkpoint_checks import (
     check_resumable,
@@ -33,7 +34,6 @@ from lit_robust.cli.trainer_checks import check_trainer
 from lit_robust.data.base import AdversarialDataModule
 from lit_robust.errors import ConfigurationError, check
 from lit_robust.metric_names import (
-    TEST,
     TEST_ERR,
     TEST_RERR_AA,
     TEST_RERR_PGD,
@@ -49,6 +49,13 @@ TRAINER_DEFAULTS = {
     "logger": {"class_path": "pytorch_lightning.loggers.TensorBoardLogger",
                "init_args": {"save_dir": "logs", "name": "default"}},
 }
+# the trainer's settings that change what is trained, and the callbacks that do not (their settings are left out
+# of the HParams session; their names are listed)
+TRAINER_HPARAMS = ("max_epochs", "max_steps", "precision", "accumulate_grad_batches", "gradient_clip_val",
+                   "gradient_clip_algorithm")
+OBSERVING_CALLBACKS = ("RobustOverfitting", "FlatnessMonitor", "LandscapeMonitor", "MetricsFile", "HParamsSession",
+                       "LearningRateMonitor", "ModelCheckpoint", "ModelSummary", "TQDMProgressBar",
+                       "RichProgressBar", "Timer")
 
 
 class RobustCLI(LightningCLI):
@@ -56,7 +63,9 @@ class RobustCLI(LightningCLI):
 
     After ``fit`` it tests the final weights (``--test_after_fit false`` to skip), writing
     ``metrics.json`` (:class:`~lit_robust.callbacks.metrics_file.MetricsFile`, added to every run), and logs a summary
-    with the TensorBoard command.
+    with the TensorBoard command. The whole configuration is TensorBoard's HParams session of the run, written at
+    its start (:class:`~lit_robust.callbacks.hparams_session.HParamsSession`, added to every run with a TensorBoard
+    logger, which writes no ``hp_metric`` of its own).
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -139,6 +148,12 @@ class RobustCLI(LightningCLI):
             self.trainer.callbacks.insert(0, LearningRateMonitor())  # the schedule in TensorBoard (lr-SGD)
         if not any(isinstance(c, MetricsFile) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(MetricsFile())  # the test metrics in metrics.json, next to the logs
+        tensorboard = [logger for logger in self.trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        for logger in tensorboard:
+            # TensorBoard shows a run's first hparams summary only: HParamsSession's, not a placeholder hp_metric
+            logger._default_hp_metric = False
+        if tensorboard and not any(isinstance(c, HParamsSession) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(HParamsSession(hparams=self.configuration(config)))
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.save_last is None:
                 callback.save_last = True  # every run can be resumed with --ckpt_path last
@@ -236,17 +251,23 @@ class RobustCLI(LightningCLI):
     def after_test(self) -> None:
         self.summarize()
 
-    def log_configuration(self, metrics: Dict[str, float]) -> None:
-        """The whole configuration (network, attacks, optimiser, schedule, data, seed) as TensorBoard
-        hyper-parameters, with the test metrics as their metrics (TensorBoard's HPARAMS tab)."""
-        logger = self.trainer.logger
-        if not isinstance(logger, TensorBoardLogger) or self.trainer.global_rank != 0:
-            return
-        config = namespace_to_dict(self.config[self.subcommand])
-        for key in ("trainer", "config"):
-            config.pop(key, None)
-        config["max_epochs"] = self.trainer.max_epochs
-        logger.log_hyperparams({"config": config}, {k: v for k, v in metrics.items() if k.startswith(TEST)})
+    def configuration(self, config: Any) -> Dict[str, Any]:
+        """The run's configuration as hyper-parameters: module, network, attacks, optimiser, schedule, data, seed,
+        the trainer's settings that change training (:data:`TRAINER_HPARAMS`) and the callbacks (the names of all,
+        the settings of those that change training, under the class's name)."""
+        config = namespace_to_dict(config)
+        hparams = {key: value for key, value in config.items() if key not in ("trainer", "config")}
+        module = (hparams.get("model") or {}).get("init_args") or {}
+        for key in ("optimizer", "lr_scheduler"):  # the top-level optimiser and schedule are the ones that run
+            if hparams.get(key) is not None and module.get(key) is None:
+                module.pop(key, None)
+        trainer = config.get("trainer") or {}
+        hparams["trainer"] = {key: trainer.get(key) for key in TRAINER_HPARAMS if key in trainer}
+        callbacks = [c for c in trainer.get("callbacks") or [] if isinstance(c, dict) and "class_path" in c]
+        names = [c["class_path"].rsplit(".", 1)[-1] for c in callbacks]
+        hparams["callbacks"] = names
+        hparams.update({name: callback for name, callback in zip(names, callbacks) if name not in OBSERVING_CALLBACKS})
+        return hparams
 
     def after_predict(self) -> None:
         """Write the predictions (``labels``, and ``adversarial_labels`` where asked) to ``predictions.pt``."""
@@ -263,7 +284,6 @@ class RobustCLI(LightningCLI):
 
     def summarize(self) -> None:
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
-        self.log_configuration(metrics)
         lines = ["Summary on the evaluation split:"]
         for key, label in ((TEST_ERR, "clean error"), (TEST_RERR_PGD, "PGD robust error"),
                            (TEST_RLOSS_PGD, "PGD robust loss"), (TEST_RERR_AA, "AutoAttack robust error"),

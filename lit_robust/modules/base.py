@@ -132,6 +132,8 @@ class AdversarialModule(LightningModule):
         batch_keys: the keys of the inputs and the labels in dict batches (the batch contract of
             :mod:`lit_robust.data.batches`: a tuple or list batch gives its first two elements, ``(x, y, index)``
             included); the callbacks read them from the module.
+        log_every_step: also log every training step's ``loss``, ``rloss`` and ``rerr`` as ``train_step/...``
+            (the epoch's means, ``train/...``, are always logged).
     """
 
     def __init__(self, model: nn.Module, optimizer: OptimizerCallable = paper_sgd,
@@ -143,7 +145,7 @@ class AdversarialModule(LightningModule):
                  test_on_train: bool = True, autoattack: bool = False,
                  autoattack_version: AutoAttackVersion = "standard", train_epsilon: Optional[float] = None,
                  l1_penalty: float = 0.0, predict_adversarial: bool = False, compile: bool = False,
-                 batch_keys: Tuple[str, str] = DEFAULT_BATCH_KEYS) -> None:
+                 batch_keys: Tuple[str, str] = DEFAULT_BATCH_KEYS, log_every_step: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
         check(isinstance(model, nn.Module), "model", type(model).__name__, "an nn.Module")
@@ -227,7 +229,8 @@ class AdversarialModule(LightningModule):
 
     def log_training(self, outputs: Mapping[str, Any]) -> None:
         """Log ``train/loss`` (the objective), ``train/rloss`` and ``train/rerr`` on the training adversarial
-        examples: the epoch's means under these names, each step's values as ``train_step/loss`` etc.
+        examples: the epoch's means under these names, with ``log_every_step`` each step's values as
+        ``train_step/loss`` etc.
 
         Args:
             outputs: what :meth:`training_step` returned, a :func:`step_output` dictionary: ``loss`` (the
@@ -248,9 +251,12 @@ class AdversarialModule(LightningModule):
             rloss = F.cross_entropy(adversarial_logits.float(), y)
             rerr = (adversarial_logits.argmax(dim=1) != y).float().mean()
         values = {"loss": loss, "rloss": rloss, "rerr": rerr}
-        # the epoch's means under the plain names (train/loss), each step's values beside them (train_step/loss)
+        # the epoch's means under the plain names (train/loss), each step's values beside them (train_step/loss) when
+        # asked for
         self.log_dict({f"{TRAIN}{name}": value for name, value in values.items()}, on_step=False, on_epoch=True)
-        self.log_dict({f"{TRAIN_STEP}{name}": value for name, value in values.items()}, on_step=True, on_epoch=False)
+        if self.hparams.get("log_every_step", False):
+            self.log_dict({f"{TRAIN_STEP}{name}": value for name, value in values.items()}, on_step=True,
+                          on_epoch=False)
 
     @override
     def on_after_backward(self) -> None:
