@@ -19,12 +19,12 @@ so its numbers are those of ``train.py test --ckpt_path`` with the same settings
 Output in ``--out``: per model ``<name>/version_0/metrics.json`` (its row, written atomically once the model is
 measured; with ``config.yaml``, the hyper-parameters that produced it) and ``<name>.log``; ``results.md`` /
 ``results.csv`` (one row per model); with at least three measured models ``measures.md`` / ``measures.csv`` and
-``measures_ranking.png`` (:func:`lit_robust.report.write_measure_report`). A model with ``metrics.json`` is
-skipped, so an interrupted measurement is started again with the same command and measures the rest. The models
-go to the study's submitit launchers (``--launcher.kind local|slurm|debug``, :class:`lit_robust.study.Launcher`):
-a bad entry (a missing file, an unknown network, weights of another shape) fails with one line and the others
-go on; the exit status is then 1. Bad settings or a bad zoo file end with one ``error:`` line and exit status 2
-before anything is written.
+``measures_ranking.png`` (:func:`lit_robust.report.write_measure_report`), also in TensorBoard. A model with
+``metrics.json`` is skipped, so an interrupted measurement is started again with the same command and measures
+the rest. The models go to the study's submitit launchers (``--launcher.kind local|slurm|debug``,
+:class:`lit_robust.study.Launcher`): a bad entry (a missing file, an unknown network, weights of another shape)
+fails with one line and the others go on; the exit status is then 1. Bad settings or a bad zoo file end with
+one ``error:`` line and exit status 2 before anything is written.
 """
 
 import csv
@@ -443,7 +443,14 @@ def run(argv: Sequence[str]) -> int:
 
         report = write_measure_report(measured_models(results), config.out, config.axes, config.resamples,
                                       config.confidence)
+        from torch.utils.tensorboard import SummaryWriter
+
         report["figure"].savefig(os.path.join(config.out, "measures_ranking.png"), dpi=120)
+        writer = SummaryWriter(config.out)
+        with open(report["measures_md"]) as f:
+            writer.add_text("report/measures", f.read())
+        writer.add_figure("report/measures_ranking", report["figure"])
+        writer.close()
         plt.close(report["figure"])
         log.info(f"Statistics over {len(results)} models: {report['measures_md']}")
     else:
