@@ -415,6 +415,10 @@ def run(argv: Sequence[str]) -> int:
         except ConfigurationError as error:
             sys.stderr.write(f"error: model {model.name}: {error}\n")
             return 1
+        except Exception as error:  # the model does not run on this data (input shape, classes): its log says why
+            log.exception(f"model {model.name} failed")
+            sys.stderr.write(f"error: model {model.name}: {type(error).__name__}: {one_line_of(error)}\n")
+            return 1
         return 0
     os.makedirs(config.out, exist_ok=True)
     done = [m for m in models if os.path.isfile(os.path.join(run_directory(config.out, m.name), "metrics.json"))]

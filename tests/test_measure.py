@@ -127,17 +127,18 @@ def test_zoo_of_every_kind_equals_train_py_test(trained, tmp_path):
         {"name": "squeezenet", "torchvision": "squeezenet1_1", "init_args": {"num_classes": 10},
          "hyperparameters": {"width": 64, "source": "torchvision"}},
         {"name": "timm_resnet", "timm": "test_resnet", "init_args": {"num_classes": 10},
-         "hyperparameters": {"width": 8, "source": "timm"}}]})
+         "hyperparameters": {"width": 8, "source": "timm"}},
+        {"run": os.path.dirname(os.path.dirname(checkpoint))}]})
     out = tmp_path / "out"
     assert measure(["--zoo", zoo, "--out", out, "--config", settings(tmp_path, root), "--launcher.kind", "debug"]) == 0
     table = rows(out)
-    assert list(table) == ["library", "exported", "data_parallel", "other", "squeezenet", "timm_resnet"]
+    assert list(table) == ["library", "exported", "data_parallel", "other", "squeezenet", "timm_resnet", "fit"]
     assert [table[name]["Kind"] for name in table] == ["checkpoint", "network", "network", "network", "torchvision",
-                                                       "timm"]
+                                                       "timm", "checkpoint"]
     keys = ["test/err", "test/loss", "test/rerr_pgd", "test/rloss_pgd", "test/err_train", "test/loss_train",
             "test/rerr_pgd_train", "test/rloss_pgd_train", "flatness/avg_rloss", "flatness/avg_rloss_train",
             "flatness/test_logit_norm", "flatness/test_logit_norm_train"]
-    for name in ("library", "exported", "data_parallel"):  # the same weights: train.py test's numbers
+    for name in ("library", "exported", "data_parallel", "fit"):  # the same weights: train.py test's numbers
         measured = metrics(out, name)
         assert {key: measured[key] for key in keys} == pytest.approx({key: tested[key] for key in keys}, abs=1e-6)
         for gap, (test, train) in GAPS.items():
@@ -147,9 +148,12 @@ def test_zoo_of_every_kind_equals_train_py_test(trained, tmp_path):
         assert all(table[name][column] != "" for column in ("RErr PGD", "RLoss gap", "avg_rloss", "test_logit_norm"))
     with open(out / "measures.csv", newline="") as f:
         statistics = {row["Measure"]: row for row in csv.DictReader(f)}
-    assert statistics["flatness/test_logit_norm"]["Models"] == "6"
+    assert statistics["flatness/test_logit_norm"]["Models"] == "7"
     with open(out / "library" / "version_0" / "config.yaml") as f:
         assert yaml.safe_load(f) == {"width": 4, "source": "trained"}
+    with open(out / "fit" / "version_0" / "config.yaml") as f:  # a study's run: the settings it records
+        recorded = yaml.safe_load(f)
+    assert recorded["model"] == "lit_robust.modules.PGDAT" and recorded["model.model.width"] == 4
 
 
 def _zoo_of_state_dicts(tmp_path, count):
@@ -204,7 +208,8 @@ def test_bad_entries_fail_alone_with_one_line(tmp_path, caplog):
         {"name": "other_shape", "network": {"class_path": "lit_robust.models.SmallCNN", "init_args": {"width": 4}},
          "state_dict": "w0.pt"},
         {"name": "pickled", "network": {"class_path": "lit_robust.models.SmallCNN"}, "state_dict": "pickled.pt"},
-        {"name": "unknown_torchvision", "torchvision": "no_such_model"}]
+        {"name": "unknown_torchvision", "torchvision": "no_such_model"},
+        {"name": "wrong_input", "torchvision": "squeezenet1_1", "init_args": {"num_classes": 10}}]
     zoo = write_yaml(tmp_path / "zoo.yaml", {"models": entries})
     out = tmp_path / "out"
     caplog.set_level("INFO")
@@ -212,12 +217,14 @@ def test_bad_entries_fail_alone_with_one_line(tmp_path, caplog):
     assert list(rows(out)) == ["m0", "m1", "m2"]
     failed = {record.message.split(":")[0]: record.message for record in caplog.records
               if "FAILED" in record.message}
-    assert set(failed) == {"missing", "unknown_network", "other_shape", "pickled", "unknown_torchvision"}
+    assert set(failed) == {"missing", "unknown_network", "other_shape", "pickled", "unknown_torchvision",
+                           "wrong_input"}
     assert "nothere.pt" in failed["missing"] and "must be an existing file" in failed["missing"]
     assert "NoSuchNet" in failed["unknown_network"]
     assert "shape" in failed["other_shape"]
     assert "--weights_only false" in failed["pickled"]
     assert "no_such_model" in failed["unknown_torchvision"]
+    assert "RuntimeError" in failed["wrong_input"]  # 3-channel network, 1-channel digits
     assert all("\n" not in message for message in failed.values())
 
 
