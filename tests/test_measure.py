@@ -201,13 +201,15 @@ def test_interrupted_measurement_measures_only_the_rest(tmp_path):
 
 def test_bad_entries_fail_alone_with_one_line(tmp_path, caplog):
     entries = _zoo_of_state_dicts(tmp_path, 3)
-    torch.save({"weights": SmallCNN(width=2)}, tmp_path / "pickled.pt")
+    torch.manual_seed(0)
+    torch.save(SmallCNN(width=2), tmp_path / "pickled.pt")  # the whole module: more than tensors
     entries += [
         {"name": "missing", "network": {"class_path": "lit_robust.models.SmallCNN"}, "state_dict": "nothere.pt"},
         {"name": "unknown_network", "network": {"class_path": "lit_robust.models.NoSuchNet"}, "state_dict": "w0.pt"},
         {"name": "other_shape", "network": {"class_path": "lit_robust.models.SmallCNN", "init_args": {"width": 4}},
          "state_dict": "w0.pt"},
-        {"name": "pickled", "network": {"class_path": "lit_robust.models.SmallCNN"}, "state_dict": "pickled.pt"},
+        {"name": "pickled", "network": {"class_path": "lit_robust.models.SmallCNN", "init_args": {"width": 2}},
+         "state_dict": "pickled.pt"},
         {"name": "unknown_torchvision", "torchvision": "no_such_model"},
         {"name": "wrong_input", "torchvision": "squeezenet1_1", "init_args": {"num_classes": 10}}]
     zoo = write_yaml(tmp_path / "zoo.yaml", {"models": entries})
@@ -226,6 +228,12 @@ def test_bad_entries_fail_alone_with_one_line(tmp_path, caplog):
     assert "no_such_model" in failed["unknown_torchvision"]
     assert "RuntimeError" in failed["wrong_input"]  # 3-channel network, 1-channel digits
     assert all("\n" not in message for message in failed.values())
+    caplog.clear()  # the opt-in reads the pickled file; the measured models are skipped, the other bad ones fail
+    assert measure(["--zoo", zoo, "--out", out, *DIGITS, "--weights_only", "false"]) == 1
+    assert list(rows(out)) == ["m0", "m1", "m2", "pickled"]
+    assert metrics(out, "pickled")["test/loss"] == pytest.approx(metrics(out, "m0")["test/loss"])
+    assert {record.message.split(":")[0] for record in caplog.records if "FAILED" in record.message} == {
+        "missing", "unknown_network", "other_shape", "unknown_torchvision", "wrong_input"}
 
 
 @pytest.mark.parametrize("change, named", [
