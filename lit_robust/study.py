@@ -352,12 +352,15 @@ def _finish(progress: Progress, run: Run, out: str, status: Optional[int], error
 
 
 def last_error(path: str) -> str:
-    """The last ``error: ...`` line of the log at ``path`` (a bad setting's one line), or ``""``."""
+    """The last ``error: ...`` line (a bad setting's one line) of the latest attempt in the log at ``path`` (after
+    its last ``$ command`` line), or ``""``."""
     if not os.path.isfile(path):
         return ""
+    errors: List[str] = []
     with open(path, errors="replace") as f:
-        lines = [line.strip() for line in f if line.startswith("error: ")]
-    return lines[-1] if lines else ""
+        for line in f:
+            errors = [] if line.startswith("$ ") else errors + [line.strip()] * line.startswith("error: ")
+    return errors[-1] if errors else ""
 
 
 def _job_done(job) -> bool:
