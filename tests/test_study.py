@@ -335,3 +335,14 @@ def test_a_run_stopped_by_the_scheduler_is_requeued_and_resumes_from_last_ckpt(t
     uninterrupted = json.loads(open(os.path.join(run_directory(reference, "at"), "metrics.json")).read())
     for key in ("test/rloss_pgd", "test/rerr_pgd", "test/err"):
         assert metrics[key] == pytest.approx(uninterrupted[key], abs=1e-6), key
+
+
+def test_a_failed_run_is_reported_with_the_error_line_of_its_latest_attempt(tmp_path):
+    from lit_robust.study.runner import last_error
+
+    log = tmp_path / "run.log"
+    log.write_text("$ lit-robust fit --a\nerror: epsilon=-1 is not allowed\n$ lit-robust fit --b\nTraceback\n")
+    assert last_error(str(log)) == ""  # the earlier attempt's error is not the reason of the latest
+    log.write_text(log.read_text() + "error: a=1 is not allowed\nerror: b=2 is not allowed\n")
+    assert last_error(str(log)) == "error: b=2 is not allowed"
+    assert last_error(str(tmp_path / "none.log")) == ""

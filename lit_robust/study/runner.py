@@ -45,6 +45,8 @@ from lit_robust.study.report import make_report
 
 log = logging.getLogger(__name__)
 LAUNCHERS = ("local", "slurm", "debug")
+CLI = "lit_robust.cli:main"
+"""The entry point of a study's runs (``lit-robust``)."""
 
 
 @dataclass
@@ -55,6 +57,9 @@ class Run:
     name: str
     method: str
     argv: List[str] = field(default_factory=list)
+    entry: str = CLI
+    """The ``module:function`` the job calls with ``argv`` (``lit-robust``'s; a measurement's is
+    :func:`lit_robust.study.measure.main`)."""
 
 
 def load_study(path: str) -> Dict:
@@ -168,24 +173,27 @@ def resumed(argv: Sequence[str], checkpoint: str) -> List[str]:
     return args + (["--ckpt_path", checkpoint] if os.path.isfile(checkpoint) else [])
 
 
-def execute(argv: List[str], output: str, threads: int = 0, requeued: Optional[Callable[[], bool]] = None) -> int:
-    """One run, as a submitit job: ``lit_robust.cli.main(argv)`` with stdout and stderr appended to
-    ``output`` and ``threads`` CPU threads (0: leave as is). Returns the exit status; never raises, so
-    that a failed run is a result, not an exception in the executor -- except the exit with which submitit
+def execute(argv: List[str], output: str, threads: int = 0, requeued: Optional[Callable[[], bool]] = None,
+            entry: str = CLI) -> int:
+    """One run, as a submitit job: ``entry(argv)`` (by default ``lit_robust.cli.main``) with stdout and stderr
+    appended to ``output`` and ``threads`` CPU threads (0: leave as is). Returns the exit status; never raises,
+    so that a failed run is a result, not an exception in the executor -- except the exit with which submitit
     ends a job it has requeued (``requeued()`` true), which leaves the job without a result."""
     if threads > 0:
         for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[variable] = str(threads)
     with open(output, "a", buffering=1) as stream, _redirected(stream):
-        stream.write("$ lit-robust " + " ".join(argv) + "\n")
+        module, function = entry.split(":")
+        program = "lit-robust" if entry == CLI else f"python -m {module}"
+        stream.write(f"$ {program} " + " ".join(argv) + "\n")
         try:
-            import torch
+            import importlib
 
-            from lit_robust.cli import main as cli_main
+            import torch
 
             if threads > 0:
                 torch.set_num_threads(threads)
-            cli_main(list(argv))
+            getattr(importlib.import_module(module), function)(list(argv))
             return 0
         except SystemExit as exit_:
             if requeued is not None and requeued():
@@ -215,17 +223,18 @@ class ResumableRun(submitit.helpers.Checkpointable):
     def __init__(self) -> None:
         self.stopped = False
 
-    def __call__(self, argv: List[str], output: str, threads: int = 0, checkpoint: str = "") -> int:
+    def __call__(self, argv: List[str], output: str, threads: int = 0, checkpoint: str = "",
+                 entry: str = CLI) -> int:
         """Run ``argv`` (see :func:`execute`); ``checkpoint`` is the ``last.ckpt`` the run writes."""
         self.stopped = False
-        return execute(argv, output, threads, requeued=lambda: self.stopped)
+        return execute(argv, output, threads, requeued=lambda: self.stopped, entry=entry)
 
-    def checkpoint(self, argv: List[str], output: str, threads: int = 0,
-                   checkpoint: str = "") -> submitit.helpers.DelayedSubmission:
+    def checkpoint(self, argv: List[str], output: str, threads: int = 0, checkpoint: str = "",
+                   entry: str = CLI) -> submitit.helpers.DelayedSubmission:
         """The submission that resumes the run from ``checkpoint`` (or starts it again, when there is none yet)."""
         self.stopped = True
         return submitit.helpers.DelayedSubmission(ResumableRun(), resumed(argv, checkpoint), output, threads,
-                                                  checkpoint)
+                                                  checkpoint, entry)
 
 
 # Lightning's own SLURM requeue (on SIGUSR1: an hpc checkpoint and `scontrol requeue`) is off for the runs of a
@@ -343,9 +352,22 @@ def _finish(progress: Progress, run: Run, out: str, status: Optional[int], error
             log.info(f"{run.name}: finished in {seconds / 60:.1f} min, {_metrics_summary(json.load(f))}")
     else:
         progress.failed.append(run.name)
-        reason = error or (f"exit status {status}" if status else "no metrics.json")
+        reason = error or last_error(log_path(out, run.name)) or (f"exit status {status}" if status else
+                                                                   "no metrics.json")
         log.error(f"{run.name}: FAILED after {seconds / 60:.1f} min ({reason}); see {log_path(out, run.name)}")
     log.info(progress.line())
+
+
+def last_error(path: str) -> str:
+    """The last ``error: ...`` line (a bad setting's one line) of the latest attempt in the log at ``path`` (after
+    its last ``$ command`` line), or ``""``."""
+    if not os.path.isfile(path):
+        return ""
+    errors: List[str] = []
+    with open(path, errors="replace") as f:
+        for line in f:
+            errors = [] if line.startswith("$ ") else errors + [line.strip()] * line.startswith("error: ")
+    return errors[-1] if errors else ""
 
 
 def _job_done(job) -> bool:
@@ -374,7 +396,7 @@ def launch(runs: Sequence[Run], out: str, launcher: Launcher, poll: float = 1.0,
     if launcher.kind == "debug":
         for run in runs:
             job = executor.submit(ResumableRun(), run.argv, log_path(out, run.name), threads,
-                                  last_checkpoint(out, run.name))
+                                  last_checkpoint(out, run.name), run.entry)
             progress.started[run.name] = time.time()
             log.info(f"{run.name}: running")
             try:
@@ -386,7 +408,7 @@ def launch(runs: Sequence[Run], out: str, launcher: Launcher, poll: float = 1.0,
     if launcher.kind == "slurm":
         jobs = executor.map_array(ResumableRun(), [run.argv + NO_LIGHTNING_REQUEUE for run in runs],
                                   [log_path(out, run.name) for run in runs], [threads] * len(runs),
-                                  [last_checkpoint(out, run.name) for run in runs])
+                                  [last_checkpoint(out, run.name) for run in runs], [run.entry for run in runs])
         log.info(f"submitted job array {jobs[0].job_id.split('_')[0]} with {len(runs)} runs "
                  f"(at most {launcher.array_parallelism} at once)")
         now = time.time()
@@ -405,7 +427,7 @@ def launch(runs: Sequence[Run], out: str, launcher: Launcher, poll: float = 1.0,
                                                visible_gpus=[(slot * launcher.gpus_per_run + k) % gpus
                                                              for k in range(launcher.gpus_per_run)])
                 job = executor.submit(ResumableRun(), run.argv, log_path(out, run.name), 0 if gpus else threads,
-                                      last_checkpoint(out, run.name))
+                                      last_checkpoint(out, run.name), run.entry)
                 pending[run.name] = (run, job, slot)
                 progress.started[run.name] = time.time()
                 log.info(f"{run.name}: running (process {job.job_id}, log {log_path(out, run.name)})")
