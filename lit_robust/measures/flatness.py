@@ -28,6 +28,7 @@ Where the paper's public code differs from its text, the text is followed:
   with 10 restarts, worst case per example.
 """
 
+from abc import abstractmethod
 from typing import Any, Dict, Iterable, List, Literal, Optional, Sequence, Tuple
 
 import torch
@@ -364,9 +365,9 @@ class PaperFlatness(Measure):
     def name(self) -> str:
         return f"{self.prefix}_{self.loss}"
 
+    @abstractmethod
     def meter_settings(self) -> Dict[str, object]:
         """The measure's own arguments of :class:`FlatnessMeasures`."""
-        raise NotImplementedError
 
     def meter(self) -> FlatnessMeasures:
         """The joint evaluator of the paper's measures with this measure's settings."""
