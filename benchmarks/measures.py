@@ -17,16 +17,15 @@ import warnings
 
 import torch
 from pytorch_lightning import Callback, Trainer
-from torch.utils.data import Subset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from lit_robust.attacks import ThreatModel  # noqa: E402
-from lit_robust.attacks.evaluation import loader  # noqa: E402
 from lit_robust.callbacks.flatness_monitor import ALL_MEASURES, FlatnessMonitor, FlatnessSettings  # noqa: E402
 from lit_robust.cli import TRAINER_DEFAULTS, RobustCLI  # noqa: E402
 from lit_robust.data import AdversarialDataModule  # noqa: E402
+from lit_robust.data.batches import FirstExamples  # noqa: E402
 from lit_robust.measures import measure_named  # noqa: E402
 from lit_robust.modules import AdversarialModule  # noqa: E402
 
@@ -66,8 +65,7 @@ def main() -> None:
     epoch_wall, epoch_cpu = clock.seconds
     stage = "test" if args.test else "fit"
     examples = 200 if args.test else args.examples
-    first = Subset(cli.datamodule.test_dataloader().dataset, range(examples))
-    batches = loader(first, 128)
+    batches = FirstExamples(cli.datamodule.test_dataloader(), examples, batch_size=128)
     h = cli.model.hparams
     attack = dict(epsilon=h.epsilon, step_size=h.step_size, norm=h.get("norm", "linf"))
     print(f"one training epoch of configs/digits/at.yaml: {epoch_wall:.2f} s (CPU {epoch_cpu:.2f} s); "

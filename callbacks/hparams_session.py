@@ -122,17 +122,18 @@ class HParamsSession(Callback):
             self._write_end(trainer)
 
 
-def flatten(nest: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    """A nest of dicts as one dict of ``a/b`` names; ``{class_path: C, init_args: {...}}`` becomes ``name: C``
-    and ``name/argument: ...`` (the class, then its settings, without ``init_args`` in every name)."""
+def flatten(nest: Dict[str, Any], prefix: str = "", separator: str = "/") -> Dict[str, Any]:
+    """A nest of dicts (a LightningCLI configuration) as one dict of ``a/b`` names (``separator`` between the
+    parts); ``{class_path: C, init_args: {...}}`` becomes ``name: C`` and ``name/argument: ...`` (the class, then
+    its settings, without ``init_args`` in every name); lists stay one value."""
     flat: Dict[str, Any] = {}
     for key, value in nest.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and "class_path" in value:
             flat[name] = value["class_path"]
-            flat.update(flatten(dict(value.get("init_args") or {}), f"{name}/"))
+            flat.update(flatten(dict(value.get("init_args") or {}), f"{name}{separator}", separator))
         elif isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{name}/"))
+            flat.update(flatten(value, f"{name}{separator}", separator))
         else:
             flat[name] = value
     return flat

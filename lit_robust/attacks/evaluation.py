@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
 
 from lit_robust.attacks import PGD, restore_modes
 from lit_robust.attacks.input_contract import check_input_range
@@ -76,11 +75,6 @@ def autoattack_wrong(model: nn.Module, x: Tensor, y: Tensor, epsilon: float, nor
     return torch.cat(wrong)
 
 
-def shard(dataset: Dataset, rank: int, world_size: int) -> Dataset:
-    """The examples ``rank, rank + world_size, ...`` of ``dataset``: one process's share under DDP."""
-    if world_size <= 1:
-        return dataset
-    return Subset(dataset, list(range(rank, len(dataset), world_size)))
 
 
 def evaluate(model: nn.Module, batches: Iterable, attack: PGD, device: torch.device,
@@ -110,7 +104,3 @@ def evaluate(model: nn.Module, batches: Iterable, attack: PGD, device: torch.dev
         totals["count"] = totals.get("count", 0) + torch.tensor(float(len(y)), device=device)
     return totals
 
-
-def loader(dataset: Dataset, batch_size: int) -> DataLoader:
-    """A plain, ordered loader for evaluation."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False)

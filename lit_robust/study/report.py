@@ -70,6 +70,7 @@ from lit_robust.study.statistics import (
     resolve_axes,
     varying_hyperparameters,
 )
+from lit_robust.callbacks.hparams_session import flatten
 from lit_robust.cli.trainer_checks import check_directory
 
 log = logging.getLogger(__name__)
@@ -365,25 +366,11 @@ BOOKKEEPING = ("trainer.logger", "trainer.enable_progress_bar", "trainer.plugins
                "ckpt_path", "weights_only")
 
 
-def flatten_settings(config: Any, prefix: str = "") -> Dict[str, Any]:
-    """A LightningCLI config as dotted names -> values: ``class_path`` is the value of its own key and its
-    ``init_args`` come under the same key (``optimizer`` -> ``torch.optim.SGD``, ``optimizer.lr`` -> 0.05);
-    lists stay one value."""
-    if isinstance(config, dict) and "class_path" in config:
-        settings = {prefix: config["class_path"]} if prefix else {}
-        return {**settings, **flatten_settings(config.get("init_args") or {}, prefix)}
-    if isinstance(config, dict):
-        settings: Dict[str, Any] = {}
-        for key, value in config.items():
-            settings.update(flatten_settings(value, f"{prefix}.{key}" if prefix else str(key)))
-        return settings
-    return {prefix: config}
-
-
 def recorded_hyperparameters(path: str) -> Dict[str, Any]:
-    """The settings a run directory records, flattened (:func:`flatten_settings`): its ``config.yaml`` (written
-    by LightningCLI), else the module's ``hparams.yaml``; bookkeeping (:data:`BOOKKEEPING`) left out; empty
-    when neither file is there or readable."""
+    """The settings a run directory records as dotted names -> values (``optimizer`` -> ``torch.optim.SGD``,
+    ``optimizer.lr`` -> 0.05; :func:`~lit_robust.callbacks.hparams_session.flatten`): its ``config.yaml``
+    (written by LightningCLI), else the module's ``hparams.yaml``; bookkeeping (:data:`BOOKKEEPING`) and empty
+    settings left out; empty when neither file is there or readable."""
     import yaml
 
     for name in ("config.yaml", "hparams.yaml"):
@@ -394,8 +381,8 @@ def recorded_hyperparameters(path: str) -> Dict[str, Any]:
                     config = yaml.safe_load(f)
             except yaml.YAMLError:
                 continue
-            settings = flatten_settings(config if isinstance(config, dict) else {})
-            return {key: value for key, value in settings.items() if not key.startswith("_")
+            settings = flatten(config if isinstance(config, dict) else {}, separator=".")
+            return {key: value for key, value in settings.items() if not key.startswith("_") and value != {}
                     and not any(key == b or key.startswith(b + ".") for b in BOOKKEEPING)}
     return {}
 
