@@ -30,9 +30,8 @@ def clean_and_robust(model: nn.Module, x: Tensor, y: Tensor, attack: PGD) -> Dic
     The model is evaluated in whatever mode it is in; the attack uses its own BN mode.
 
     Raises:
-        ConfigurationError: when ``x`` is not in [0, 1] (the input contract).
+        ConfigurationError: when ``x`` is not in [0, 1] (the input contract, checked once by the attack).
     """
-    check_input_range(x)
     with torch.no_grad():
         logits = model(x)
     adversarial = attack.run(model, x, y)
