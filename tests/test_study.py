@@ -10,10 +10,22 @@ import pytest
 import torch
 from pytorch_lightning import Callback
 
-from lit_robust.study.runner import Launcher, Run, command, load_study, log_path, main, run_directory, run_study, waves
+from lit_robust.study.runner import (
+    Launcher,
+    Run,
+    command,
+    expand_runs,
+    load_study,
+    log_path,
+    main,
+    run_directory,
+    run_study,
+    waves,
+)
 from tests.conftest import ROOT
 
-STUDY = os.path.join(ROOT, "configs", "study", "digits.yaml")
+STUDY = os.path.join(ROOT, "configs", "study", "digits_methods.yaml")
+GRID_STUDY = os.path.join(ROOT, "configs", "study", "digits.yaml")
 TINY_COMMON = """
 trainer:
   max_epochs: 1
@@ -51,6 +63,42 @@ def test_study_file_names_existing_recipes():
     at = os.path.join("configs", "digits", "at.yaml")
     for run in study["runs"]:  # every run is the AT recipe, possibly with overlays after it
         assert run["configs"][0] == at, run["name"]
+
+
+def test_the_grid_study_is_every_combination_of_its_axes_with_the_values_in_each_command():
+    old = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        study = load_study(GRID_STUDY)
+    finally:
+        os.chdir(old)
+    runs = expand_runs(study)
+    grid = study["runs"][0]["grid"]
+    assert len(grid) >= 3 and len(runs) >= 60
+    combinations = set()
+    for run in runs:
+        argv = command(study, study["runs"][0], run, "out", [])
+        values = tuple(argv[len(argv) - 1 - argv[::-1].index(option) + 1] for option in grid)  # last given wins
+        combinations.add(values)
+        assert run.name == "at" + "".join(f"_{option.split('.')[-1]}{value}" for option, value in zip(grid, values))
+    expected = 1
+    for values in grid.values():
+        expected *= len(values)
+    assert len(combinations) == len(runs) == expected
+
+
+def test_grid_points_combine_with_seeds_and_bad_grids_are_refused(tmp_path):
+    study = {"runs": [{"name": "at", "configs": [], "grid": {"--a.lr": [0.1, 0.2], "--b.wd": [0]}}], "seeds": [3, 4]}
+    assert [(run.name, run.method, run.argv) for run in expand_runs(study)] == [
+        ("at_lr0.1_wd0_seed3", "at", ["--a.lr", "0.1", "--b.wd", "0", "--seed_everything", "3"]),
+        ("at_lr0.1_wd0_seed4", "at", ["--a.lr", "0.1", "--b.wd", "0", "--seed_everything", "4"]),
+        ("at_lr0.2_wd0_seed3", "at", ["--a.lr", "0.2", "--b.wd", "0", "--seed_everything", "3"]),
+        ("at_lr0.2_wd0_seed4", "at", ["--a.lr", "0.2", "--b.wd", "0", "--seed_everything", "4"])]
+    for grid in ("lr: [1]", "{--a.lr: []}", "{--a.lr: [1, 1]}", "{--a.lr: [1], --b.lr: [2]}", "[1, 2]"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(f"runs:\n  - {{name: at, configs: [{STUDY}], grid: {grid}}}\n")
+        with pytest.raises(ValueError, match="grid"):
+            load_study(str(bad))
 
 
 @pytest.mark.parametrize("text, args", [

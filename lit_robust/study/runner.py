@@ -9,7 +9,11 @@ A study file lists runs; each has a ``name`` and the ``configs`` given to ``lit-
 (later files override earlier ones), and optionally ``args`` (more command-line arguments) and
 ``seeds``. The study's ``common`` configs and args go after every run's own. ``seeds: [0, 1, 2]``
 (top level for every run, or per run) makes one run per seed, named ``<name>_seed<S>`` and given
-``--seed_everything S``; a run without seeds keeps its name and its recipe's seed. ``after: [a, b]``
+``--seed_everything S``; a run without seeds keeps its name and its recipe's seed. ``grid`` maps
+command-line options to lists of values and makes one run per combination (the product of the lists),
+named ``<name>_<option><value>...`` by the last part of each option (``--optimizer.init_args.lr:
+[0.02, 0.05]`` -> ``at_lr0.02``, ``at_lr0.05``), before any seed suffix; the values each run had are
+recorded in its ``config.yaml``, where the report's statistics read them. ``after: [a, b]``
 makes a run wait until every run of entries ``a`` and ``b`` has finished (a teacher or standard
 network it loads); ``{out}`` in ``args`` stands for the study's output directory, so that such a
 run can name their checkpoints (``{out}/standard/version_0/checkpoints/last.ckpt``).
@@ -82,6 +86,7 @@ def load_study(path: str) -> Dict:
             raise ValueError(f"{path}: run name {run['name']!r} appears twice")
         names.add(run["name"])
         _check_seeds(path, f"{run['name']}: seeds", run.get("seeds"))
+        _check_grid(path, run["name"], run.get("grid"))
         after = run.get("after", [])
         if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
             raise ValueError(f"{path}: {run['name']}: after must be a list of run names (given: {after!r})")
@@ -104,6 +109,40 @@ def _check_seeds(path: str, where: str, seeds) -> None:
                               or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
                               or len(set(seeds)) != len(seeds)):
         raise ValueError(f"{path}: {where} must be a non-empty list of distinct integers (given: {seeds!r})")
+
+
+def _check_grid(path: str, name: str, grid) -> None:
+    if grid is None:
+        return
+    if not isinstance(grid, dict) or not grid:
+        raise ValueError(f"{path}: {name}: grid must map command-line options (--a.b) to lists of values "
+                         f"(given: {grid!r})")
+    for option, values in grid.items():
+        if not isinstance(option, str) or not option.startswith("--") or len(option) < 3:
+            raise ValueError(f"{path}: {name}: grid option {option!r} must be a command-line option such as "
+                             f"--optimizer.init_args.lr")
+        if (not isinstance(values, list) or not values
+                or not all(isinstance(v, (int, float, str, bool)) for v in values)
+                or len({str(v) for v in values}) != len(values)):
+            raise ValueError(f"{path}: {name}: grid {option} must be a non-empty list of distinct numbers or "
+                             f"strings (given: {values!r})")
+    labels = [grid_label(option) for option in grid]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{path}: {name}: grid options must end in different names (given: {', '.join(grid)})")
+
+
+def grid_label(option: str) -> str:
+    """``--optimizer.init_args.lr`` -> ``lr``: the part of a grid option that names its runs."""
+    return option.lstrip("-").split(".")[-1]
+
+
+def grid_points(entry: Dict) -> List[tuple]:
+    """``(name suffix, arguments)`` of every combination of the entry's ``grid`` (one empty point without)."""
+    points = [("", [])]
+    for option, values in (entry.get("grid") or {}).items():
+        points = [(f"{suffix}_{grid_label(option)}{value}", args + [option, str(value)])
+                  for suffix, args in points for value in values]
+    return points
 
 
 def waves(study: Dict) -> List[List[str]]:
@@ -132,15 +171,18 @@ def log_path(out: str, name: str) -> str:
 
 
 def expand_runs(study: Dict) -> List[Run]:
-    """Every (study entry, seed) pair as a :class:`Run` (without its command line yet)."""
+    """Every (study entry, grid point, seed) as a :class:`Run` (its grid and seed arguments; the rest of
+    its command line comes later, :func:`command`)."""
     runs = []
     for entry in study["runs"]:
         seeds = entry.get("seeds", study.get("seeds"))
-        if seeds is None:
-            runs.append(Run(entry["name"], entry["name"]))
-        else:
-            runs += [Run(f"{entry['name']}_seed{seed}", entry["name"], ["--seed_everything", str(seed)])
-                     for seed in seeds]
+        for suffix, args in grid_points(entry):
+            name = entry["name"] + suffix
+            if seeds is None:
+                runs.append(Run(name, entry["name"], args))
+            else:
+                runs += [Run(f"{name}_seed{seed}", entry["name"], args + ["--seed_everything", str(seed)])
+                         for seed in seeds]
     return runs
 
 
