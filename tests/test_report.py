@@ -151,6 +151,8 @@ def test_measures_with_intervals_and_granulated_kendall_over_the_recorded_settin
         taus = [kendalltau([flatness[names.index(n)] for n in group], [rloss[names.index(n)] for n in group]).statistic
                 for group in groups]
         assert float(avg[f"Granulated Kendall RLoss (test) {axis}"]) == pytest.approx(np.mean(taus), abs=1e-3)
+        low, high = (float(avg[f"Granulated Kendall RLoss (test) {axis} {part}"]) for part in ("low", "high"))
+        assert low == pytest.approx(min(taus), abs=1e-3) and high == pytest.approx(max(taus), abs=1e-3)
     md = (out / "measures.md").read_text()
     assert "## RLoss gap" in md and "| Measure | Models | Pearson | Spearman | Kendall | psi optimizer.lr |" in md
     assert (out / "measures_ranking.png").read_bytes()[:8] == PNG_MAGIC

@@ -121,8 +121,30 @@ def test_granulated_kendall_against_the_hand_worked_example():
     assert psi["Psi"] == pytest.approx(1 / 3)
     assert varying_hyperparameters([m.hyperparameters for m in models]) == ["lr", "wd"]
     (only,) = measure_statistics(models, resamples=20)  # the default axes: those that vary
-    assert only.granulated["RLoss gap"] == pytest.approx(psi)
+    assert {axis: e.value for axis, e in only.granulated["RLoss gap"].items()} == pytest.approx(psi)
     assert only.models == 7
+
+
+def test_granulated_intervals_resample_the_groups_of_the_hand_worked_example():
+    # Each axis has two groups with a tau (lr: 1/3 and 2/sqrt(6); wd: -2/sqrt(6) and 1). Drawing two groups
+    # with replacement, both draws hit the smaller tau with probability 1/4 (> 2.5%), so the 95% interval of
+    # psi_i runs from the smaller tau to the larger one. A draw of Psi averages one draw per axis: both axes
+    # at their smallest with probability 1/16 (> 2.5%): Psi's interval is (min_lr + min_wd) / 2 to
+    # (max_lr + max_wd) / 2.
+    models = grid_models()
+    (only,) = measure_statistics(models, resamples=4000, seed=1)
+    estimates = only.granulated["RLoss gap"]
+    r6 = 2 / math.sqrt(6)
+    assert (estimates["lr"].low, estimates["lr"].high) == pytest.approx((1 / 3, r6))
+    assert (estimates["wd"].low, estimates["wd"].high) == pytest.approx((-r6, 1))
+    assert (estimates["Psi"].low, estimates["Psi"].high) == pytest.approx(((1 / 3 - r6) / 2, (r6 + 1) / 2))
+    assert estimates["Psi"].value == pytest.approx(1 / 3)
+    # an axis with a single group has no interval (nor has Psi): its spread over groups is unknown
+    one_group = [MeasuredModel(n, {"m": x}, {"t": y}, {"lr": lr}) for n, lr, x, y in
+                 (("a", 0.1, 1, 1), ("b", 0.2, 2, 3), ("c", 0.3, 3, 2))]
+    (single,) = measure_statistics(one_group, resamples=100)
+    assert single.granulated["t"]["lr"].value == pytest.approx(1 / 3)
+    assert math.isnan(single.granulated["t"]["lr"].low) and math.isnan(single.granulated["t"]["Psi"].low)
 
 
 def test_axes_by_recorded_name_or_its_last_part():

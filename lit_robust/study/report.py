@@ -416,16 +416,15 @@ def measure_rows(statistics: Sequence[MeasureStatistics], axes: Sequence[str]) -
     for target in targets:
         header += [f"{kind} {target}{part}" for kind in KINDS for part in ("", " low", " high")]
     for target in targets:
-        header += [f"Granulated Kendall {target} {axis}" for axis in axes] + [f"Psi {target}"]
+        header += [f"{name}{part}" for name in [f"Granulated Kendall {target} {axis}" for axis in axes]
+                   + [f"Psi {target}"] for part in ("", " low", " high")]
     rows = [header]
     for s in statistics:
         row = [s.measure, str(s.models)]
-        for target in targets:
-            for kind in KINDS:
-                estimate = s.correlations[(target, kind)]
-                row += [_format(estimate.value), _format(estimate.low), _format(estimate.high)]
-        for target in targets:
-            row += [_format(s.granulated[target][axis]) for axis in list(axes) + ["Psi"]]
+        estimates = [s.correlations[(target, kind)] for target in targets for kind in KINDS]
+        estimates += [s.granulated[target][axis] for target in targets for axis in list(axes) + ["Psi"]]
+        for estimate in estimates:
+            row += [_format(estimate.value), _format(estimate.low), _format(estimate.high)]
         rows.append(row)
     return rows
 
@@ -438,38 +437,50 @@ def measures_markdown(statistics: Sequence[MeasureStatistics], axes: Sequence[st
              f"and Kendall's tau-b (scipy.stats), each with its {confidence:.0%} percentile-bootstrap interval "
              f"over models ({resamples} resamples, seed {seed}); the granulated Kendall coefficient psi per "
              f"hyper-parameter axis and Psi, their mean (Jiang et al. 2020, Sec. 4), over the axes: "
-             f"{', '.join(axes) or 'none'}.", ""]
+             f"{', '.join(axes) or 'none'}, each with its bootstrap interval over the groups of models that "
+             f"differ only along the axis.", ""]
     for target in targets:
         header = ["Measure", "Models", *KINDS, *(f"psi {axis}" for axis in axes), "Psi"]
         rows = [header] + [[s.measure, str(s.models)] + [_cell(s.correlations[(target, kind)]) for kind in KINDS]
-                           + [_format(s.granulated[target][axis]) for axis in list(axes) + ["Psi"]]
+                           + [_cell(s.granulated[target][axis]) for axis in list(axes) + ["Psi"]]
                            for s in statistics]
         lines += [f"## {target}", "", markdown_table(rows)]
     return "\n".join(lines)
 
 
-def figure_measure_ranking(statistics: Sequence[MeasureStatistics], kind: str = "Kendall"):
-    """The measures ranked by their correlation ``kind`` with each target, with the bootstrap intervals as
-    horizontal error bars (one panel per target; measures without a value left out)."""
+RANKINGS = ("Kendall", "Psi")
+"""The rows of the ranking figure: Kendall's tau over all models, and the granulated coefficient Psi."""
+
+
+def _estimate(s: MeasureStatistics, target: str, kind: str) -> Estimate:
+    return s.granulated[target]["Psi"] if kind == "Psi" else s.correlations[(target, kind)]
+
+
+def figure_measure_ranking(statistics: Sequence[MeasureStatistics], kinds: Sequence[str] = RANKINGS):
+    """The measures ranked by each of ``kinds`` (a correlation of :data:`KINDS` or ``"Psi"``) with each target,
+    with the bootstrap intervals as horizontal error bars (a row per kind, a panel per target; measures
+    without a value left out)."""
     import matplotlib.pyplot as plt
 
     targets = targets_of(statistics)
     height = 1.5 + 0.28 * max(1, len(statistics))
-    fig, axes = plt.subplots(1, max(1, len(targets)), figsize=(4.5 * max(1, len(targets)), height), squeeze=False)
-    for ax, target in zip(axes[0], targets):
-        ranked = sorted((s for s in statistics if math.isfinite(s.correlations[(target, kind)].value)),
-                        key=lambda s: s.correlations[(target, kind)].value)
-        estimates = [s.correlations[(target, kind)] for s in ranked]
-        values = np.array([e.value for e in estimates])
-        errors = np.array([[e.value - e.low, e.high - e.value] if math.isfinite(e.low) else [0.0, 0.0]
-                           for e in estimates]).reshape(-1, 2).T
-        ax.errorbar(values, np.arange(len(ranked)), xerr=errors, fmt="o", capsize=3, markersize=4)
-        ax.set_yticks(np.arange(len(ranked)), [s.measure.removeprefix(FLATNESS) for s in ranked], fontsize=7)
-        ax.axvline(0.0, color="0.6", linewidth=0.8)
-        ax.set_xlim(-1.05, 1.05)
-        ax.set_xlabel(f"{kind} with {target}")
-        ax.grid(alpha=0.3, axis="x")
-    fig.suptitle(f"Measures ranked by {kind} correlation (bars: bootstrap intervals over models)")
+    columns = max(1, len(targets))
+    fig, axes = plt.subplots(len(kinds), columns, figsize=(4.5 * columns, height * len(kinds)), squeeze=False)
+    for row, kind in zip(axes, kinds):
+        for ax, target in zip(row, targets):
+            ranked = sorted((s for s in statistics if math.isfinite(_estimate(s, target, kind).value)),
+                            key=lambda s: _estimate(s, target, kind).value)
+            estimates = [_estimate(s, target, kind) for s in ranked]
+            values = np.array([e.value for e in estimates])
+            errors = np.array([[e.value - e.low, e.high - e.value] if math.isfinite(e.low) else [0.0, 0.0]
+                               for e in estimates]).reshape(-1, 2).T
+            ax.errorbar(values, np.arange(len(ranked)), xerr=errors, fmt="o", capsize=3, markersize=4)
+            ax.set_yticks(np.arange(len(ranked)), [s.measure.removeprefix(FLATNESS) for s in ranked], fontsize=7)
+            ax.axvline(0.0, color="0.6", linewidth=0.8)
+            ax.set_xlim(-1.05, 1.05)
+            ax.set_xlabel(f"{'granulated Kendall Psi' if kind == 'Psi' else kind} with {target}")
+            ax.grid(alpha=0.3, axis="x")
+    fig.suptitle("Measures ranked by " + " and by ".join(kinds) + " (bars: bootstrap intervals; Psi's over groups)")
     fig.tight_layout()
     return fig
 

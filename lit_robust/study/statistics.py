@@ -20,6 +20,11 @@ tau-b, which corrects for ties).
   with ties this uses tau-b, as the plain Kendall column does (without ties the two are equal). A group of one
   model, or one in which the measure or the target does not vary, has no tau and is left out of the mean;
   an axis without any such group has ``psi_i`` NaN and is left out of ``Psi``.
+- Interval of the granulated coefficient (percentile bootstrap over groups): ``psi_i`` is a mean over
+  groups, so its draws resample the groups of axis ``i`` (their taus) with replacement; a draw of ``Psi``
+  averages one such draw per axis. The models of one group share every other setting, so drawing models
+  would break the groups apart; drawing groups keeps each tau as it is. An axis with fewer than two groups
+  has no interval (its spread over groups is unknown), and ``Psi`` then has none either.
 """
 
 import json
@@ -80,13 +85,14 @@ class MeasureStatistics:
         measure: the measure's name.
         models: models with a finite value of the measure.
         correlations: (target, kind) -> :class:`Estimate`, kind one of :data:`KINDS`.
-        granulated: target -> axis -> ``psi_i``, and ``"Psi"`` -> their mean.
+        granulated: target -> axis -> ``psi_i`` and ``"Psi"`` -> their mean, each an :class:`Estimate` with its
+            interval over groups.
     """
 
     measure: str
     models: int
     correlations: Dict[Tuple[str, str], Estimate]
-    granulated: Dict[str, Dict[str, float]]
+    granulated: Dict[str, Dict[str, Estimate]]
 
 
 def finite_pairs(x: Sequence[float], y: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
@@ -199,19 +205,16 @@ def resolve_axes(names: Sequence[str], hyperparameters: Sequence[Mapping[str, An
     return resolved
 
 
-def granulated_kendall(x: Sequence[float], y: Sequence[float], hyperparameters: Sequence[Mapping[str, Any]],
-                       axes: Sequence[str]) -> Dict[str, float]:
-    """Jiang et al.'s (2020, Sec. 4) granulated Kendall coefficient ``psi_i`` per axis, and their mean ``Psi``.
+def group_taus(x: Sequence[float], y: Sequence[float], hyperparameters: Sequence[Mapping[str, Any]],
+               axes: Sequence[str]) -> Dict[str, np.ndarray]:
+    """Per axis, Kendall's tau of every group of models that differ only along it (the groups whose tau is
+    defined; see the module's docstring).
 
     Args:
         x: the measure, one value per model (models without a finite value and target are left out).
         y: the target, one value per model.
         hyperparameters: per model, its hyper-parameters (name -> value; a missing one counts as its own value).
         axes: the hyper-parameters to vary, one at a time.
-
-    Returns:
-        ``{axis: psi_i, ..., "Psi": mean over the axes}`` (see the module's docstring for the groups that are
-        left out).
     """
     check(len(hyperparameters) == len(x) == len(y), "hyperparameters", f"{len(hyperparameters)} models",
           f"one mapping per model ({len(x)} measure values, {len(y)} targets)")
@@ -221,17 +224,63 @@ def granulated_kendall(x: Sequence[float], y: Sequence[float], hyperparameters: 
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     kept = [i for i in range(len(x)) if math.isfinite(x[i]) and math.isfinite(y[i])]
     keys = sorted({key for i in kept for key in hyperparameters[i]})
-    result: Dict[str, float] = {}
+    result: Dict[str, np.ndarray] = {}
     for axis in axes:
         groups: Dict[Tuple[str, ...], List[int]] = {}
         for i in kept:
             others = tuple(_hashable(hyperparameters[i].get(key)) for key in keys if key != axis)
             groups.setdefault(others, []).append(i)
         taus = [_scipy("Kendall", x[group], y[group]) for group in groups.values() if len(group) > 1]
-        taus = [tau for tau in taus if math.isfinite(tau)]
-        result[axis] = float(np.mean(taus)) if taus else math.nan
-    defined = [value for value in result.values() if math.isfinite(value)]
-    result["Psi"] = float(np.mean(defined)) if defined else math.nan
+        result[axis] = np.array([tau for tau in taus if math.isfinite(tau)], dtype=float)
+    return result
+
+
+def granulated_kendall(x: Sequence[float], y: Sequence[float], hyperparameters: Sequence[Mapping[str, Any]],
+                       axes: Sequence[str]) -> Dict[str, float]:
+    """Jiang et al.'s (2020, Sec. 4) granulated Kendall coefficient ``psi_i`` per axis, and their mean ``Psi``.
+
+    Args: those of :func:`group_taus`.
+
+    Returns:
+        ``{axis: psi_i, ..., "Psi": mean over the axes}`` (see the module's docstring for the groups that are
+        left out).
+    """
+    return {name: estimate.value for name, estimate in
+            granulated_bootstrap(group_taus(x, y, hyperparameters, axes), resamples=None).items()}
+
+
+def granulated_bootstrap(taus: Mapping[str, np.ndarray], resamples: Optional[int] = 1000, confidence: float = 0.95,
+                         seed: int = 0) -> Dict[str, Estimate]:
+    """``psi_i`` per axis and ``Psi`` with their percentile-bootstrap intervals over groups (module docstring).
+
+    Args:
+        taus: per axis, the taus of its groups (:func:`group_taus`).
+        resamples: draws of the groups per interval; None: the values alone, without intervals.
+        confidence: the intervals' coverage.
+        seed: seed of the draws (the same seed gives the same intervals).
+    """
+    rng = np.random.default_rng(seed)
+    result: Dict[str, Estimate] = {}
+    draws: List[Optional[np.ndarray]] = []
+    for axis, values in taus.items():
+        if not len(values):
+            result[axis] = Estimate(math.nan)
+            continue
+        estimate = Estimate(float(np.mean(values)))
+        if resamples is not None and len(values) > 1:
+            means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+            estimate.low, estimate.high = (float(q) for q in np.quantile(means, [(1 - confidence) / 2,
+                                                                                 (1 + confidence) / 2]))
+            draws.append(means)
+        else:
+            draws.append(None)
+        result[axis] = estimate
+    defined = [result[axis].value for axis in taus if math.isfinite(result[axis].value)]
+    psi = Estimate(float(np.mean(defined)) if defined else math.nan)
+    if resamples is not None and draws and all(d is not None for d in draws):
+        psi.low, psi.high = (float(q) for q in np.quantile(np.mean(draws, axis=0), [(1 - confidence) / 2,
+                                                                                  (1 + confidence) / 2]))
+    result["Psi"] = psi
     return result
 
 
@@ -262,7 +311,8 @@ def measure_statistics(models: Sequence[MeasuredModel], axes: Optional[Sequence[
             y = [model.targets.get(target, math.nan) for model in models]
             for kind in KINDS:
                 correlations[(target, kind)] = bootstrap(x, y, kind, resamples, confidence, seed)
-            granulated[target] = granulated_kendall(x, y, settings, axes)
+            granulated[target] = granulated_bootstrap(group_taus(x, y, settings, axes), resamples, confidence,
+                                                      seed)
         result.append(MeasureStatistics(measure, int(np.isfinite(np.asarray(x, dtype=float)).sum()),
                                         correlations, granulated))
     return result
