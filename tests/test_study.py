@@ -47,13 +47,18 @@ data:
 """
 
 
-def test_study_file_names_existing_recipes():
+def load_from_root(path: str):
+    """A study file of the repository, read as `make study` reads it (its configs relative to the root)."""
     old = os.getcwd()
     os.chdir(ROOT)
     try:
-        study = load_study(STUDY)
+        return load_study(path)
     finally:
         os.chdir(old)
+
+
+def test_study_file_names_existing_recipes():
+    study = load_from_root(STUDY)
     names = {run["name"] for run in study["runs"]}
     for method in ("at", "trades", "mart", "awp", "amp", "entropy_sgd", "friendly_at", "rotation",
                    "weight_averaging", "weight_clipping", "label_smoothing", "label_noise", "adam",
@@ -66,12 +71,7 @@ def test_study_file_names_existing_recipes():
 
 
 def test_the_grid_study_is_every_combination_of_its_axes_with_the_values_in_each_command():
-    old = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        study = load_study(GRID_STUDY)
-    finally:
-        os.chdir(old)
+    study = load_from_root(GRID_STUDY)
     runs = expand_runs(study)
     grid = study["runs"][0]["grid"]
     assert len(grid) >= 3 and len(runs) >= 60
