@@ -173,3 +173,15 @@ def test_measures_with_intervals_and_granulated_kendall_over_the_recorded_settin
     error = capsys.readouterr().err
     assert exit_.value.code == 2 and error.count("error:") == 1 and "optimizer.lr" in error
     assert not (tmp_path / "bad").exists()
+
+
+def test_models_measured_perfectly_flat_are_named_in_a_warning(tmp_path):
+    # a network collapsed to a constant prediction: no weight perturbation changes its loss, every measure is 0
+    values = dict(RUNS, digits_collapsed=(0.90, 2.30, 2.30, 0.0, 0.0, 0.0))
+    runs = [fabricate(tmp_path / "logs", name, v) for name, v in values.items()]
+    make_report(runs, str(tmp_path / "out"), resamples=20)
+    md = (tmp_path / "out" / "measures.md").read_text()
+    warnings = [line for line in md.splitlines() if line.startswith("**Warning:**")]
+    assert len(warnings) == 1 and "digits_collapsed" in warnings[0] and "digits_at" not in warnings[0]
+    make_report(runs[:-1], str(tmp_path / "healthy"), resamples=20)
+    assert "Warning" not in (tmp_path / "healthy" / "measures.md").read_text()

@@ -18,7 +18,9 @@ its test, event files with the per-epoch scalars, ``config.yaml``). The report w
   RLoss), test RErr and the RErr gap (test - train RErr), each with a bootstrap confidence interval over
   the runs, and the granulated Kendall coefficient per hyper-parameter axis and its mean Psi (Jiang et
   al. 2020, Sec. 4; see :mod:`lit_robust.study.statistics`), the hyper-parameters read from each run's
-  ``config.yaml``; ``measures_ranking.png``: the measures ranked by Kendall's tau with their intervals;
+  ``config.yaml`` (a model whose every measure is 0, e.g. collapsed to a constant prediction, is named
+  in a warning first); ``measures_ranking.png``: the measures ranked by Kendall's tau and by Psi with
+  their intervals;
 - ``table_by_method.md`` / ``table_by_method.csv``: the same columns per method, as mean and
   standard deviation over its seeds (runs named ``<method>_seed<S>``, as the study names them);
 
@@ -66,6 +68,7 @@ from lit_robust.study.statistics import (
     MeasureStatistics,
     check_bootstrap,
     correlation,
+    flat_models,
     measure_statistics,
     resolve_axes,
     varying_hyperparameters,
@@ -429,9 +432,17 @@ def measure_rows(statistics: Sequence[MeasureStatistics], axes: Sequence[str]) -
     return rows
 
 
+def flat_warning(flat: Sequence[str]) -> str:
+    """The line of ``measures.md`` (and the log) that names the models measured as perfectly flat."""
+    return (f"{len(flat)} model(s) with every measure 0 (no measured weight perturbation changed their loss, as "
+            f"for a network collapsed to a constant prediction; they count as the flattest whatever they "
+            f"generalise like and can dominate the correlations): {', '.join(flat)}")
+
+
 def measures_markdown(statistics: Sequence[MeasureStatistics], axes: Sequence[str], models: int,
-                      resamples: int, confidence: float, seed: int) -> str:
-    """``measures.md``: one table per target, each correlation with its interval, then psi per axis and Psi."""
+                      resamples: int, confidence: float, seed: int, flat: Sequence[str] = ()) -> str:
+    """``measures.md``: one table per target, each correlation with its interval, then psi per axis and Psi;
+    first a warning naming the models in ``flat`` (:func:`~lit_robust.study.statistics.flat_models`)."""
     targets = targets_of(statistics)
     lines = [f"Correlation of each measure with robust generalisation over {models} models: Pearson, Spearman "
              f"and Kendall's tau-b (scipy.stats), each with its {confidence:.0%} percentile-bootstrap interval "
@@ -439,6 +450,8 @@ def measures_markdown(statistics: Sequence[MeasureStatistics], axes: Sequence[st
              f"hyper-parameter axis and Psi, their mean (Jiang et al. 2020, Sec. 4), over the axes: "
              f"{', '.join(axes) or 'none'}, each with its bootstrap interval over the groups of models that "
              f"differ only along the axis.", ""]
+    if flat:
+        lines += [f"**Warning:** {flat_warning(flat)}.", ""]
     for target in targets:
         header = ["Measure", "Models", *KINDS, *(f"psi {axis}" for axis in axes), "Psi"]
         rows = [header] + [[s.measure, str(s.models)] + [_cell(s.correlations[(target, kind)]) for kind in KINDS]
@@ -511,11 +524,14 @@ def write_measure_report(models: Sequence[MeasuredModel], out: str, axes: Option
     if degenerate:
         log.info(f"bootstrap draws with a constant measure or target were left out of the intervals of: "
                  f"{', '.join(degenerate)}")
+    flat = flat_models(models)
+    if flat:
+        log.warning(flat_warning(flat))
     md_path, csv_path = os.path.join(out, "measures.md"), os.path.join(out, "measures.csv")
     with open(csv_path, "w", newline="") as f:
         csv.writer(f).writerows(measure_rows(statistics, axes))
     with open(md_path, "w") as f:
-        f.write(measures_markdown(statistics, axes, len(models), resamples, confidence, seed))
+        f.write(measures_markdown(statistics, axes, len(models), resamples, confidence, seed, flat))
     return {"measures_md": md_path, "measures_csv": csv_path, "axes": list(axes), "statistics": statistics,
             "figure": figure_measure_ranking(statistics)}
 

@@ -102,6 +102,24 @@ def finite_pairs(x: Sequence[float], y: Sequence[float]) -> Tuple[np.ndarray, np
     return x[keep], y[keep]
 
 
+FLAT_TOLERANCE = 1e-6
+"""A model whose every measure is within this of 0 is reported by :func:`flat_models`."""
+
+
+def flat_models(models: Sequence[MeasuredModel], tolerance: float = FLAT_TOLERANCE) -> List[str]:
+    """The models whose every measured value is 0 (within ``tolerance``): no weight perturbation that was
+    measured changed their loss, as for a network collapsed to a constant prediction. Such models are
+    measured as the flattest of all whatever they generalise like, and a few of them can dominate every
+    correlation; the report names them (they stay in the statistics: which models to study is the user's
+    choice)."""
+    flat = []
+    for model in models:
+        values = [v for v in model.measures.values() if v is not None and math.isfinite(v)]
+        if values and all(abs(v) <= tolerance for v in values):
+            flat.append(model.name)
+    return flat
+
+
 def _constant(values: np.ndarray) -> bool:
     return bool(np.all(values == values[0]))
 
