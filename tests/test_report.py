@@ -185,3 +185,18 @@ def test_models_measured_perfectly_flat_are_named_in_a_warning(tmp_path):
     assert len(warnings) == 1 and "digits_collapsed" in warnings[0] and "digits_at" not in warnings[0]
     make_report(runs[:-1], str(tmp_path / "healthy"), resamples=20)
     assert "Warning" not in (tmp_path / "healthy" / "measures.md").read_text()
+
+
+def test_runs_with_several_event_files_are_read_whole_without_a_line_per_file(tmp_path, caplog):
+    import logging
+
+    from lit_robust.study.report import read_scalars
+
+    run = fabricate(tmp_path, "digits_at", RUNS["digits_at"])
+    writer = SummaryWriter(run)  # the test after fit writes a second event file into the run directory
+    writer.add_scalar("test/rloss_pgd", 1.6, 4)
+    writer.close()
+    with caplog.at_level(logging.INFO):
+        scalars = read_scalars(run)
+    assert scalars["test/rloss_pgd"] == [(4, pytest.approx(1.6))] and len(scalars["val/rloss"]) == 5
+    assert not [r for r in caplog.records if r.name.startswith("tensorboard")]

@@ -142,6 +142,9 @@ def read_scalars(path: str) -> Dict[str, List[Tuple[int, float]]]:
 
     if not glob.glob(os.path.join(path, "events.out.tfevents.*")):
         return {}
+    # tensorboard logs a line at INFO for every event file after the first (a run's test writes a second one):
+    # hundreds of lines in a study's log, none of them the user's business
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)
     events = EventAccumulator(path, size_guidance={"scalars": 0})
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
