@@ -16,9 +16,10 @@ $(STAMP): setup.cfg constraints.txt
 demo: $(STAMP)
 	$(PY) train.py fit --config configs/digits/at.yaml --config configs/digits/settings/flatness.yaml
 
+# the suite in two worker processes (pytest-xdist), one per core: the tests run single-threaded
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -x --durations=15
+	$(PY) -m pytest -q -x -n 2 --durations=15
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/at_step.py
