@@ -21,7 +21,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from lit_robust.study.runner import Launcher, run_study  # noqa: E402
+from lit_robust.study.jobs import Launcher  # noqa: E402
+from lit_robust.study.runner import run_study  # noqa: E402
 
 SMALL_TEST = """
 trainer: {enable_progress_bar: false}

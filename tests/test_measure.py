@@ -261,7 +261,7 @@ def test_bad_settings_end_with_one_line_and_nothing_written(tmp_path, monkeypatc
 
 
 def test_csv_zoo_and_study_runs(tmp_path):
-    from lit_robust.study.measure import load_zoo, study_runs
+    from lit_robust.study.zoo import load_zoo, study_runs
 
     with open(tmp_path / "zoo.csv", "w") as f:
         f.write("name,network,init_args,state_dict,torchvision,lr,method\n"

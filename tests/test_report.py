@@ -44,7 +44,8 @@ def runs(tmp_path):
 
 
 def test_epoch_pairs_take_the_epochs_value_not_the_tests(runs):
-    from lit_robust.study.report import epoch_pairs, load_run
+    from lit_robust.study.report import epoch_pairs
+    from lit_robust.study.runs import load_run
 
     pairs = epoch_pairs(load_run(runs[0]))
     rloss, avg = RUNS["digits_at"][1], RUNS["digits_at"][3]
@@ -94,7 +95,8 @@ def test_command_line(runs, tmp_path, capsys):
 
 
 def test_table_gives_the_rise_of_the_held_out_rloss_after_its_minimum(tmp_path):
-    from lit_robust.study.report import COLUMNS, load_run, table_rows
+    from lit_robust.study.report import COLUMNS, table_rows
+    from lit_robust.study.runs import load_run
 
     run = tmp_path / "at" / "version_0"
     run.mkdir(parents=True)
@@ -190,7 +192,7 @@ def test_models_measured_perfectly_flat_are_named_in_a_warning(tmp_path):
 def test_runs_with_several_event_files_are_read_whole_without_a_line_per_file(tmp_path, caplog):
     import logging
 
-    from lit_robust.study.report import read_scalars
+    from lit_robust.study.runs import read_scalars
 
     run = fabricate(tmp_path, "digits_at", RUNS["digits_at"])
     writer = SummaryWriter(run)  # the test after fit writes a second event file into the run directory

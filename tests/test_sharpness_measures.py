@@ -239,7 +239,8 @@ def test_report_correlates_every_measure(tmp_path):
 
     from scipy.stats import kendalltau, pearsonr
 
-    from lit_robust.study.report import load_run, measured_models, write_measure_report
+    from lit_robust.study.measures_report import measured_models, write_measure_report
+    from lit_robust.study.runs import load_run
 
     runs, values = [], {"rloss": [1.6, 1.2, 1.0, 1.4, 1.1], "rloss_train": [0.3, 0.6, 0.7, 0.5, 0.6],
                         "rerr": [0.4, 0.3, 0.25, 0.35, 0.3], "rerr_train": [0.1, 0.2, 0.2, 0.15, 0.1],

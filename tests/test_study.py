@@ -10,18 +10,8 @@ import pytest
 import torch
 from pytorch_lightning import Callback
 
-from lit_robust.study.runner import (
-    Launcher,
-    Run,
-    command,
-    expand_runs,
-    load_study,
-    log_path,
-    main,
-    run_directory,
-    run_study,
-    waves,
-)
+from lit_robust.study.jobs import Launcher, Run, log_path, run_directory
+from lit_robust.study.runner import command, expand_runs, load_study, main, run_study, waves
 from tests.conftest import ROOT
 
 STUDY = os.path.join(ROOT, "configs", "study", "digits_methods.yaml")
@@ -251,7 +241,7 @@ def test_slurm_launcher_writes_one_array_job(tmp_path, monkeypatch):
     # each task is a ResumableRun (submitit requeues it from last.ckpt), with Lightning's own requeue off
     from submitit.core.utils import DelayedSubmission
 
-    from lit_robust.study.runner import NO_LIGHTNING_REQUEUE, ResumableRun
+    from lit_robust.study.jobs import NO_LIGHTNING_REQUEUE, ResumableRun
 
     (pickled,) = glob.glob(str(out / ".submitit" / "**" / "*_submitted.pkl"), recursive=True)[:1]
     delayed = DelayedSubmission.load(pickled)
@@ -324,7 +314,8 @@ def test_a_run_stopped_by_the_scheduler_is_requeued_and_resumes_from_last_ckpt(t
     from submitit.core.utils import DelayedSubmission, JobPaths, pickle_load
     from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
 
-    from lit_robust.study.runner import NO_LIGHTNING_REQUEUE, ResumableRun, expand_runs, last_checkpoint
+    from lit_robust.study.jobs import NO_LIGHTNING_REQUEUE, ResumableRun, last_checkpoint
+    from lit_robust.study.runner import expand_runs
 
     record = tmp_path / "signalled.json"
     common = RESUMABLE_COMMON.format(record=record)
@@ -386,7 +377,7 @@ def test_a_run_stopped_by_the_scheduler_is_requeued_and_resumes_from_last_ckpt(t
 
 
 def test_a_failed_run_is_reported_with_the_error_line_of_its_latest_attempt(tmp_path):
-    from lit_robust.study.runner import last_error
+    from lit_robust.study.jobs import last_error
 
     log = tmp_path / "run.log"
     log.write_text("$ lit-robust fit --a\nerror: epsilon=-1 is not allowed\n$ lit-robust fit --b\nTraceback\n")

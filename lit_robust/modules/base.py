@@ -19,11 +19,9 @@ from ``on_train_batch_end``), the L1 penalty (``on_after_backward``) and the sto
 import dataclasses
 import logging
 import os
-import random
 import sys
 from typing import Any, Dict, Literal, Mapping, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_lightning import LightningModule
@@ -48,32 +46,10 @@ from lit_robust.errors import check, check_choice
 from lit_robust.inference_mode import require_gradients
 from lit_robust.metric_names import TEST, TEST_RERR_AA, TRAIN, TRAIN_STEP, VAL
 from lit_robust.models.normalize import Normalize
+from lit_robust.modules.checkpoint_contents import checkpoint_class_path, class_path, random_states, set_random_states
 from lit_robust.weights import select_parameters
 
 log = logging.getLogger(__name__)
-
-
-def random_states() -> Dict[str, Any]:
-    """The states of torch's (CPU and CUDA), numpy's and Python's random number generators, in types that
-    ``torch.load(weights_only=True)`` reads."""
-    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
-              "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                        "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["torch.cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_random_states(states: Dict[str, Any]) -> None:
-    """Set the random number generators to ``states`` from :func:`random_states`."""
-    torch.set_rng_state(states["torch"])
-    random.setstate(states["python"])
-    numpy = states["numpy"]
-    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["position"], numpy["has_gauss"],
-                         numpy["cached_gaussian"]))
-    if "torch.cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["torch.cuda"])
 
 
 def step_output(loss: Tensor, adversarial_logits: Tensor, y: Tensor) -> Dict[str, Tensor]:
@@ -81,18 +57,6 @@ def step_output(loss: Tensor, adversarial_logits: Tensor, y: Tensor) -> Dict[str
     for the training metrics that :meth:`AdversarialModule.log_training` logs, the ``adversarial_logits`` of
     the training adversarial examples and their labels ``y``."""
     return {"loss": loss, "adversarial_logits": adversarial_logits, "y": y}
-
-
-def class_path(cls: type) -> str:
-    """The import path of a class, ``module.QualifiedName``."""
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def checkpoint_class_path(checkpoint: Mapping[str, Any]) -> Optional[str]:
-    """The module class a checkpoint names: the ``_class_path`` that LightningCLI saves with the hyper-parameters,
-    else the ``module_class`` that :meth:`AdversarialModule.on_save_checkpoint` writes; ``None`` when neither."""
-    named = (checkpoint.get("hyper_parameters") or {}).get("_class_path") or checkpoint.get("module_class")
-    return named if isinstance(named, str) else None
 
 
 def paper_sgd(params) -> torch.optim.Optimizer:

@@ -13,14 +13,9 @@ its test, event files with the per-epoch scalars, ``config.yaml``). The report w
 - ``fig5_flatness_over_epochs.png``: per run, held-out RLoss against flatness over the epochs,
   coloured from early to late (Stutz et al. 2021, Fig. 5);
 - ``gap_vs_flatness.png``: the robust generalisation gap (test - train RLoss) against flatness;
-- ``measures.md`` / ``measures.csv``: for every ``flatness/*`` measure present in the runs, its
-  Pearson, Spearman and Kendall correlation over the runs with test RLoss, the RLoss gap (test - train
-  RLoss), test RErr and the RErr gap (test - train RErr), each with a bootstrap confidence interval over
-  the runs, and the granulated Kendall coefficient per hyper-parameter axis and its mean Psi (Jiang et
-  al. 2020, Sec. 4; see :mod:`lit_robust.study.statistics`), the hyper-parameters read from each run's
-  ``config.yaml`` (a model whose every measure is 0, e.g. collapsed to a constant prediction, is named
-  in a warning first); ``measures_ranking.png``: the measures ranked by Kendall's tau and by Psi with
-  their intervals;
+- ``measures.md`` / ``measures.csv`` and ``measures_ranking.png``: how well each ``flatness/*`` measure of the
+  runs predicts robust generalisation, with the hyper-parameters read from each run's ``config.yaml``
+  (:mod:`lit_robust.study.measures_report`);
 - ``table_by_method.md`` / ``table_by_method.csv``: the same columns per method, as mean and
   standard deviation over its seeds (runs named ``<method>_seed<S>``, as the study names them);
 
@@ -29,28 +24,25 @@ and logs the same figures to TensorBoard in ``DIR``.
 
 import argparse
 import csv
-import glob
 import json
 import logging
 import math
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from lit_robust.errors import ConfigurationError, check, check_readable_file, one_line_error
+from lit_robust.cli.trainer_checks import check_directory
+from lit_robust.errors import ConfigurationError
 from lit_robust.metric_names import (
     EARLY_STOPPING_BEST_RERR,
-    FLATNESS,
     FLATNESS_AVG_LOSS,
     FLATNESS_AVG_RLOSS,
     FLATNESS_WORST_LOSS,
     FLATNESS_WORST_RLOSS,
     ROBUST_OVERFITTING_BEST_EPOCH,
     ROBUST_OVERFITTING_BEST_RLOSS,
-    ROBUST_OVERFITTING_FINAL_RLOSS,
     ROBUST_OVERFITTING_RISE_ABSOLUTE,
     TEST_ERR,
     TEST_RERR_AA,
@@ -61,20 +53,14 @@ from lit_robust.metric_names import (
     TEST_RLOSS_PGD_TRAIN,
     VAL_RLOSS,
 )
+from lit_robust.study.measures_report import add_statistics_arguments, measured_models, write_measure_report
+from lit_robust.study.runs import RunResults, load_run
 from lit_robust.study.statistics import (
-    KINDS,
-    Estimate,
-    MeasuredModel,
-    MeasureStatistics,
     check_bootstrap,
     correlation,
-    flat_models,
-    measure_statistics,
     resolve_axes,
-    varying_hyperparameters,
 )
-from lit_robust.callbacks.hparams_session import flatten
-from lit_robust.cli.trainer_checks import check_directory
+from lit_robust.study.tables import format_value, write_markdown, write_table
 
 log = logging.getLogger(__name__)
 
@@ -98,111 +84,16 @@ COLUMNS: List[Tuple[str, str]] = [
     ("Min epoch", ROBUST_OVERFITTING_BEST_EPOCH),
     ("Rise (held-out RLoss end - min)", ROBUST_OVERFITTING_RISE_ABSOLUTE),
 ]
-# metrics computed from others: the rise of the held-out RLoss after its minimum, in loss units
-DERIVED = {ROBUST_OVERFITTING_RISE_ABSOLUTE: (ROBUST_OVERFITTING_FINAL_RLOSS, ROBUST_OVERFITTING_BEST_RLOSS)}
 FLATNESS_PANELS = [(FLATNESS_AVG_RLOSS, "average-case flatness in RLoss"),
                    (FLATNESS_WORST_RLOSS, "worst-case flatness in RLoss"),
                    (FLATNESS_AVG_LOSS, "average-case flatness in (clean) Loss")]
-
-
-@dataclass
-class RunResults:
-    """The results of one finished run: its label, its directory, its final metrics (``metrics.json``) and its
-    per-epoch scalars (TensorBoard). A study's run before it has results is a :class:`lit_robust.study.runner.Run`."""
-
-    name: str
-    path: str
-    metrics: Dict[str, float]
-    curves: Dict[str, List[Tuple[int, float]]] = field(default_factory=dict)
-
-    def get(self, key: str) -> float:
-        if key in DERIVED and key not in self.metrics:
-            final, best = (self.get(part) for part in DERIVED[key])
-            return final - best
-        value = self.metrics.get(key)
-        return float(value) if isinstance(value, (int, float)) else math.nan
-
-    @property
-    def test_rerr(self) -> float:
-        """RErr used for sorting: AutoAttack where measured, PGD otherwise."""
-        aa = self.get(TEST_RERR_AA)
-        return aa if not math.isnan(aa) else self.get(TEST_RERR_PGD)
-
-
-def run_label(path: str) -> str:
-    """``logs/digits_trades/version_0`` -> ``digits_trades`` (``/version_N`` dropped)."""
-    path = os.path.normpath(path)
-    base = os.path.basename(path)
-    return os.path.basename(os.path.dirname(path)) if base.startswith("version_") else base
-
-
-def read_scalars(path: str) -> Dict[str, List[Tuple[int, float]]]:
-    """Every scalar of the TensorBoard event files in ``path``, as ``tag -> [(step, value), ...]``."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    if not glob.glob(os.path.join(path, "events.out.tfevents.*")):
-        return {}
-    # tensorboard logs a line at INFO for every event file after the first (a run's test writes a second one):
-    # hundreds of lines in a study's log, none of them the user's business
-    logging.getLogger("tensorboard").setLevel(logging.WARNING)
-    events = EventAccumulator(path, size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
-def load_run(path: str) -> RunResults:
-    """Read a run directory; a missing ``metrics.json`` is an error naming the directory."""
-    check(not os.path.exists(path) or os.path.isdir(path), "run_dirs", path,
-          "run directories written by train.py (with metrics.json)")
-    metrics_path = os.path.join(path, "metrics.json")
-    if not os.path.isfile(metrics_path):
-        raise FileNotFoundError(f"{path}: no metrics.json (run `train.py test` for this run first)")
-    check_readable_file(metrics_path, "run_dirs", "run directories whose metrics.json this process can read")
-    try:
-        with open(metrics_path) as f:
-            metrics = json.load(f)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ConfigurationError(f"run_dirs={path!r} is not allowed: its metrics.json is not JSON "
-                                 f"({one_line_error(error)}); run_dirs must be run directories written by "
-                                 f"train.py.") from None
-    check(isinstance(metrics, dict), "run_dirs", path, "run directories whose metrics.json holds an object of "
-          "metrics (as train.py writes it)")
-    return RunResults(name=run_label(path), path=path, metrics=metrics, curves=read_scalars(path))
-
-
-
-def _format(value: float, key: str = "") -> str:
-    if math.isnan(value):
-        return ""
-    return f"{value:.0f}" if key.endswith("epoch") else f"{value:.3f}"
 
 
 def table_rows(runs: Sequence[RunResults]) -> List[List[str]]:
     """Header and one row per run, sorted by test RErr (runs without it last)."""
     ordered = sorted(runs, key=lambda r: (math.isnan(r.test_rerr), r.test_rerr))
     header = ["Method"] + [title for title, _ in COLUMNS]
-    return [header] + [[run.name] + [_format(run.get(key), key) for _, key in COLUMNS] for run in ordered]
-
-
-def markdown_table(rows: Sequence[Sequence[str]]) -> str:
-    """``rows`` (the first is the header) as a Markdown table."""
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows[1:]]) + "\n"
-
-
-def write_markdown(rows: Sequence[Sequence[str]], path: str) -> None:
-    """``rows`` (the first is the header) as a Markdown table in ``path``."""
-    with open(path, "w") as f:
-        f.write(markdown_table(rows))
-
-
-def write_table(rows: Sequence[Sequence[str]], out: str, name: str) -> Tuple[str, str]:
-    """``rows`` as ``<name>.md`` and ``<name>.csv`` in ``out``."""
-    csv_path, md_path = os.path.join(out, f"{name}.csv"), os.path.join(out, f"{name}.md")
-    with open(csv_path, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    write_markdown(rows, md_path)
-    return md_path, csv_path
+    return [header] + [[run.name] + [format_value(run.get(key), key) for _, key in COLUMNS] for run in ordered]
 
 
 def write_tables(runs: Sequence[RunResults], out: str) -> Tuple[str, str]:
@@ -251,7 +142,7 @@ def method_rows(runs: Sequence[RunResults]) -> List[List[str]]:
         cells = []
         for _, key in COLUMNS:
             mean, std = statistics[method]["columns"][key]
-            cells.append(_format(mean) if math.isnan(std) or math.isnan(mean) else f"{mean:.3f} ± {std:.3f}")
+            cells.append(format_value(mean) if math.isnan(std) or math.isnan(mean) else f"{mean:.3f} ± {std:.3f}")
         rows.append([method, str(len(statistics[method]["runs"]))] + cells)
     return rows
 
@@ -268,7 +159,7 @@ def write_method_tables(runs: Sequence[RunResults], out: str) -> Tuple[str, str]
         for method in (row[0] for row in rows[1:]):
             columns = statistics[method]["columns"]
             writer.writerow([method, len(statistics[method]["runs"])]
-                            + [_format(v) for _, key in COLUMNS for v in columns[key]])
+                            + [format_value(v) for _, key in COLUMNS for v in columns[key]])
     return md_path, csv_path
 
 
@@ -352,193 +243,6 @@ def figure_flatness_over_epochs(runs: Sequence[RunResults]):
     return fig
 
 
-# (column title, the quantity the measures are correlated with)
-TARGETS = [
-    ("RLoss (test)", lambda run: run.get(TEST_RLOSS_PGD)),
-    ("RLoss gap", lambda run: run.get(TEST_RLOSS_PGD) - run.get(TEST_RLOSS_PGD_TRAIN)),
-    ("RErr (test)", lambda run: run.get(TEST_RERR_PGD)),
-    ("RErr gap", lambda run: run.get(TEST_RERR_PGD) - run.get(TEST_RERR_PGD_TRAIN)),
-]
-
-
-def measure_names(runs: Sequence[RunResults]) -> List[str]:
-    """Every ``flatness/*`` measure with a value in some run (standard deviations left out), sorted."""
-    return sorted({key for run in runs for key, value in run.metrics.items()
-                   if key.startswith(FLATNESS) and "_std" not in key and isinstance(value, (int, float))})
-
-
-# run bookkeeping, not settings of the model: left out of a run's hyper-parameters
-BOOKKEEPING = ("trainer.logger", "trainer.enable_progress_bar", "trainer.plugins", "trainer.default_root_dir",
-               "ckpt_path", "weights_only")
-
-
-def recorded_hyperparameters(path: str) -> Dict[str, Any]:
-    """The settings a run directory records as dotted names -> values (``optimizer`` -> ``torch.optim.SGD``,
-    ``optimizer.lr`` -> 0.05; :func:`~lit_robust.callbacks.hparams_session.flatten`): its ``config.yaml``
-    (written by LightningCLI), else the module's ``hparams.yaml``; bookkeeping (:data:`BOOKKEEPING`) and empty
-    settings left out; empty when neither file is there or readable."""
-    import yaml
-
-    for name in ("config.yaml", "hparams.yaml"):
-        file = os.path.join(path, name)
-        if os.path.isfile(file):
-            try:
-                with open(file) as f:
-                    config = yaml.safe_load(f)
-            except yaml.YAMLError:
-                continue
-            settings = flatten(config if isinstance(config, dict) else {}, separator=".")
-            return {key: value for key, value in settings.items() if not key.startswith("_") and value != {}
-                    and not any(key == b or key.startswith(b + ".") for b in BOOKKEEPING)}
-    return {}
-
-
-def measured_models(runs: Sequence[RunResults]) -> List[MeasuredModel]:
-    """The runs as :class:`~lit_robust.study.statistics.MeasuredModel`: their ``flatness/*`` measures, the
-    :data:`TARGETS` and the hyper-parameters their directories record."""
-    names = measure_names(runs)
-    return [MeasuredModel(run.name, {name: run.get(name) for name in names},
-                          {title: target(run) for title, target in TARGETS}, recorded_hyperparameters(run.path))
-            for run in runs]
-
-
-def _cell(estimate: Estimate) -> str:
-    if math.isnan(estimate.value):
-        return ""
-    interval = "" if math.isnan(estimate.low) else f" [{estimate.low:.2f}, {estimate.high:.2f}]"
-    return f"{estimate.value:.3f}{interval}"
-
-
-def targets_of(statistics: Sequence[MeasureStatistics]) -> List[str]:
-    """The targets the measures were correlated with, in their order."""
-    return list(dict.fromkeys(target for s in statistics for target, _ in s.correlations))
-
-
-def measure_rows(statistics: Sequence[MeasureStatistics], axes: Sequence[str]) -> List[List[str]]:
-    """Header and one row per measure (the CSV): per target, each correlation and its interval, the
-    granulated Kendall coefficient per axis and Psi."""
-    targets = targets_of(statistics)
-    header = ["Measure", "Models"]
-    for target in targets:
-        header += [f"{kind} {target}{part}" for kind in KINDS for part in ("", " low", " high")]
-    for target in targets:
-        header += [f"{name}{part}" for name in [f"Granulated Kendall {target} {axis}" for axis in axes]
-                   + [f"Psi {target}"] for part in ("", " low", " high")]
-    rows = [header]
-    for s in statistics:
-        row = [s.measure, str(s.models)]
-        estimates = [s.correlations[(target, kind)] for target in targets for kind in KINDS]
-        estimates += [s.granulated[target][axis] for target in targets for axis in list(axes) + ["Psi"]]
-        for estimate in estimates:
-            row += [_format(estimate.value), _format(estimate.low), _format(estimate.high)]
-        rows.append(row)
-    return rows
-
-
-def flat_warning(flat: Sequence[str]) -> str:
-    """The line of ``measures.md`` (and the log) that names the models measured as perfectly flat."""
-    return (f"{len(flat)} model(s) with every measure 0 (no measured weight perturbation changed their loss, as "
-            f"for a network collapsed to a constant prediction; they count as the flattest whatever they "
-            f"generalise like and can dominate the correlations): {', '.join(flat)}")
-
-
-def measures_markdown(statistics: Sequence[MeasureStatistics], axes: Sequence[str], models: int,
-                      resamples: int, confidence: float, seed: int, flat: Sequence[str] = ()) -> str:
-    """``measures.md``: one table per target, each correlation with its interval, then psi per axis and Psi;
-    first a warning naming the models in ``flat`` (:func:`~lit_robust.study.statistics.flat_models`)."""
-    targets = targets_of(statistics)
-    lines = [f"Correlation of each measure with robust generalisation over {models} models: Pearson, Spearman "
-             f"and Kendall's tau-b (scipy.stats), each with its {confidence:.0%} percentile-bootstrap interval "
-             f"over models ({resamples} resamples, seed {seed}); the granulated Kendall coefficient psi per "
-             f"hyper-parameter axis and Psi, their mean (Jiang et al. 2020, Sec. 4), over the axes: "
-             f"{', '.join(axes) or 'none'}, each with its bootstrap interval over the groups of models that "
-             f"differ only along the axis.", ""]
-    if flat:
-        lines += [f"**Warning:** {flat_warning(flat)}.", ""]
-    for target in targets:
-        header = ["Measure", "Models", *KINDS, *(f"psi {axis}" for axis in axes), "Psi"]
-        rows = [header] + [[s.measure, str(s.models)] + [_cell(s.correlations[(target, kind)]) for kind in KINDS]
-                           + [_cell(s.granulated[target][axis]) for axis in list(axes) + ["Psi"]]
-                           for s in statistics]
-        lines += [f"## {target}", "", markdown_table(rows)]
-    return "\n".join(lines)
-
-
-RANKINGS = ("Kendall", "Psi")
-"""The rows of the ranking figure: Kendall's tau over all models, and the granulated coefficient Psi."""
-
-
-def _estimate(s: MeasureStatistics, target: str, kind: str) -> Estimate:
-    return s.granulated[target]["Psi"] if kind == "Psi" else s.correlations[(target, kind)]
-
-
-def figure_measure_ranking(statistics: Sequence[MeasureStatistics], kinds: Sequence[str] = RANKINGS):
-    """The measures ranked by each of ``kinds`` (a correlation of :data:`KINDS` or ``"Psi"``) with each target,
-    with the bootstrap intervals as horizontal error bars (a row per kind, a panel per target; measures
-    without a value left out)."""
-    import matplotlib.pyplot as plt
-
-    targets = targets_of(statistics)
-    height = 1.5 + 0.28 * max(1, len(statistics))
-    columns = max(1, len(targets))
-    fig, axes = plt.subplots(len(kinds), columns, figsize=(4.5 * columns, height * len(kinds)), squeeze=False)
-    for row, kind in zip(axes, kinds):
-        for ax, target in zip(row, targets):
-            ranked = sorted((s for s in statistics if math.isfinite(_estimate(s, target, kind).value)),
-                            key=lambda s: _estimate(s, target, kind).value)
-            estimates = [_estimate(s, target, kind) for s in ranked]
-            values = np.array([e.value for e in estimates])
-            errors = np.array([[e.value - e.low, e.high - e.value] if math.isfinite(e.low) else [0.0, 0.0]
-                               for e in estimates]).reshape(-1, 2).T
-            ax.errorbar(values, np.arange(len(ranked)), xerr=errors, fmt="o", capsize=3, markersize=4)
-            ax.set_yticks(np.arange(len(ranked)), [s.measure.removeprefix(FLATNESS) for s in ranked], fontsize=7)
-            ax.axvline(0.0, color="0.6", linewidth=0.8)
-            ax.set_xlim(-1.05, 1.05)
-            ax.set_xlabel(f"{'granulated Kendall Psi' if kind == 'Psi' else kind} with {target}")
-            ax.grid(alpha=0.3, axis="x")
-    fig.suptitle("Measures ranked by " + " and by ".join(kinds) + " (bars: bootstrap intervals; Psi's over groups)")
-    fig.tight_layout()
-    return fig
-
-
-def write_measure_report(models: Sequence[MeasuredModel], out: str, axes: Optional[Sequence[str]] = None,
-                         resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> Dict[str, Any]:
-    """``measures.md`` and ``measures.csv`` in ``out`` for any models (a study's runs or a zoo), and the
-    ranking figure (not yet saved).
-
-    Args:
-        models: the models, each with its measures, targets and hyper-parameters.
-        out: directory of the tables.
-        axes: hyper-parameters of the granulated Kendall coefficient, as recorded or by the end of their
-            recorded name (``lr`` for ``optimizer.lr``); None: those that vary across the models.
-        resamples: bootstrap draws per interval.
-        confidence: the intervals' coverage.
-        seed: seed of the bootstrap draws.
-
-    Returns:
-        ``measures_md``, ``measures_csv``, ``axes`` (the recorded names), ``statistics`` and ``figure``.
-    """
-    check_bootstrap(resamples, confidence)
-    settings = [model.hyperparameters for model in models]
-    axes = varying_hyperparameters(settings) if axes is None else resolve_axes(axes, settings)
-    statistics = measure_statistics(models, axes, resamples, confidence, seed)
-    degenerate = sorted({f"{s.measure} ({kind}, {target})" for s in statistics
-                         for (target, kind), e in s.correlations.items() if e.degenerate})
-    if degenerate:
-        log.info(f"bootstrap draws with a constant measure or target were left out of the intervals of: "
-                 f"{', '.join(degenerate)}")
-    flat = flat_models(models)
-    if flat:
-        log.warning(flat_warning(flat))
-    md_path, csv_path = os.path.join(out, "measures.md"), os.path.join(out, "measures.csv")
-    with open(csv_path, "w", newline="") as f:
-        csv.writer(f).writerows(measure_rows(statistics, axes))
-    with open(md_path, "w") as f:
-        f.write(measures_markdown(statistics, axes, len(models), resamples, confidence, seed, flat))
-    return {"measures_md": md_path, "measures_csv": csv_path, "axes": list(axes), "statistics": statistics,
-            "figure": figure_measure_ranking(statistics)}
-
-
 def make_report(run_dirs: Sequence[str], out: str, axes: Optional[Sequence[str]] = None, resamples: int = 1000,
                 confidence: float = 0.95, seed: int = 0) -> Dict[str, object]:
     """Write the tables and figures for ``run_dirs`` into ``out``; returns paths and correlations.
@@ -546,8 +250,8 @@ def make_report(run_dirs: Sequence[str], out: str, axes: Optional[Sequence[str]]
     Args:
         run_dirs: run directories (with ``metrics.json``).
         out: directory of the report.
-        axes: hyper-parameters of the granulated Kendall coefficient (:func:`write_measure_report`); None:
-            those that vary across the runs.
+        axes: hyper-parameters of the granulated Kendall coefficient
+            (:func:`~lit_robust.study.measures_report.write_measure_report`); None: those that vary across the runs.
         resamples: bootstrap draws per interval of ``measures.md``.
         confidence: the intervals' coverage.
         seed: seed of the bootstrap draws.
@@ -592,16 +296,6 @@ def make_report(run_dirs: Sequence[str], out: str, axes: Optional[Sequence[str]]
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
-
-
-def add_statistics_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``measures.md``: the axes of the granulated Kendall coefficient and the bootstrap."""
-    parser.add_argument("--axes", nargs="+", default=None, metavar="NAME",
-                        help="hyper-parameters of the granulated Kendall coefficient, as recorded in the runs' "
-                             "config.yaml (optimizer.lr) or by their last part (lr); default: those that vary")
-    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples per interval")
-    parser.add_argument("--confidence", type=float, default=0.95, help="coverage of the bootstrap intervals")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
