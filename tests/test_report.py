@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import math
 
 import numpy as np
@@ -202,3 +203,24 @@ def test_runs_with_several_event_files_are_read_whole_without_a_line_per_file(tm
         scalars = read_scalars(run)
     assert scalars["test/rloss_pgd"] == [(4, pytest.approx(1.6))] and len(scalars["val/rloss"]) == 5
     assert not [r for r in caplog.records if r.name.startswith("tensorboard")]
+
+
+def test_the_log_names_each_measure_whose_intervals_left_out_constant_draws_with_its_counts(tmp_path, caplog):
+    from lit_robust.study.measures_report import write_measure_report
+    from lit_robust.study.statistics import MeasuredModel
+
+    targets = [0.5, 0.2, 0.9, 1.0, 0.7]
+    # "flatness/tied" has one value for four of the five models: draws of only those are constant; "flatness/
+    # varied" differs between all models: no draw of two or more distinct models is constant
+    models = [MeasuredModel(f"m{i}", {"flatness/tied": float(i == 4), "flatness/varied": float(i)},
+                            {"RLoss (test)": t}, {}) for i, t in enumerate(targets)]
+    with caplog.at_level(logging.INFO, logger="lit_robust.study.measures_report"):
+        report = write_measure_report(models, str(tmp_path), resamples=300, seed=3)
+    tied = next(s for s in report["statistics"] if s.measure == "flatness/tied")
+    varied = next(s for s in report["statistics"] if s.measure == "flatness/varied")
+    counts = [e.degenerate for e in tied.correlations.values()]
+    assert min(counts) > 0
+    lines = [r.getMessage() for r in caplog.records if "constant measure or target" in r.getMessage()]
+    assert len(lines) == 1
+    assert f"flatness/tied ({len(counts)} of {len(counts)}, up to {max(counts)} draws)" in lines[0]
+    assert ("flatness/varied" in lines[0]) == any(e.degenerate for e in varied.correlations.values())

@@ -159,6 +159,20 @@ def figure_measure_ranking(statistics: Sequence[MeasureStatistics], kinds: Seque
     return fig
 
 
+def degenerate_line(statistics: Sequence[MeasureStatistics], resamples: int) -> str:
+    """The log line naming, per measure, how many of its correlations' intervals left out bootstrap draws in
+    which the measure or the target was constant, and how many draws at most; ``""`` when none did."""
+    parts = []
+    for s in statistics:
+        counts = [e.degenerate for e in s.correlations.values() if e.degenerate]
+        if counts:
+            parts.append(f"{s.measure} ({len(counts)} of {len(s.correlations)}, up to {max(counts)} draws)")
+    if not parts:
+        return ""
+    return (f"bootstrap draws with a constant measure or target were left out of the intervals (of {resamples} "
+            f"draws each) of: " + ", ".join(parts))
+
+
 def write_measure_report(models: Sequence[MeasuredModel], out: str, axes: Optional[Sequence[str]] = None,
                          resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> Dict[str, Any]:
     """``measures.md`` and ``measures.csv`` in ``out`` for any models (a study's runs or a zoo), and the
@@ -180,11 +194,9 @@ def write_measure_report(models: Sequence[MeasuredModel], out: str, axes: Option
     settings = [model.hyperparameters for model in models]
     axes = varying_hyperparameters(settings) if axes is None else resolve_axes(axes, settings)
     statistics = measure_statistics(models, axes, resamples, confidence, seed)
-    degenerate = sorted({f"{s.measure} ({kind}, {target})" for s in statistics
-                         for (target, kind), e in s.correlations.items() if e.degenerate})
+    degenerate = degenerate_line(statistics, resamples)
     if degenerate:
-        log.info(f"bootstrap draws with a constant measure or target were left out of the intervals of: "
-                 f"{', '.join(degenerate)}")
+        log.info(degenerate)
     flat = flat_models(models)
     if flat:
         log.warning(flat_warning(flat))
